@@ -27,7 +27,8 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
         rows.append((info.name, info.kind, splits, info.image, size, info.license))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        print("  ".join([*cells, row[-1]]))
     print(
         "\nAlso: a folder of your own images (load_dataset('path/to/folder')), or a Hugging "
         "Face Hub id such as 'zalando-datasets/fashion_mnist' (online only)."

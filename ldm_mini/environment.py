@@ -117,7 +117,11 @@ def format_report(info: dict[str, Any]) -> str:
     lines = [
         f"python {info['python']} on {info['platform']}",
         f"device: {info['device']}"
-        + (f" ({info['name']}, {info['memory_gib']} GiB, bf16={info['bf16']})" if "name" in info else "")
+        + (
+            f" ({info['name']}, {info['memory_gib']} GiB, bf16={info['bf16']})"
+            if "name" in info
+            else ""
+        )
         + f", {info['cpu_threads']} CPU threads",
         f"quick mode ({QUICK_ENV}): {'on' if info['quick_mode'] else 'off'}",
         "packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items()),

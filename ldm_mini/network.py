@@ -27,7 +27,7 @@ def reachable(url: str, timeout: float = DEFAULT_TIMEOUT_S) -> tuple[bool, str]:
             return True, ""
     except socket.gaierror as err:
         return False, f"cannot resolve {host} ({err.strerror or err})"
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False, f"no answer from {host}:{port} within {timeout:g} s"
     except OSError as err:
         return False, f"cannot connect to {host}:{port} ({err.strerror or err})"

@@ -61,10 +61,14 @@ def run_tour(out: Path, per_dataset: int = 24, seed: int = 0) -> Path:
         plt.close(fig)
     scenes = load_dataset("shapes", split="train", num_samples=per_dataset, seed=seed)
     fig = viz.show_images(scenes["image"], scenes["caption"], ncols=8, caption_width=22)
-    sections.append(("shapes", "train", shapes.DEFAULT_SIZES["train"], viz.save_figure(fig, out / "shapes.png")))
+    sections.append(
+        ("shapes", "train", shapes.DEFAULT_SIZES["train"], viz.save_figure(fig, out / "shapes.png"))
+    )
     plt.close(fig)
     fig = shapes_truth_figure(seed=seed)
-    sections.append(("shapes ground truth", "train", None, viz.save_figure(fig, out / "shapes_truth.png")))
+    sections.append(
+        ("shapes ground truth", "train", None, viz.save_figure(fig, out / "shapes_truth.png"))
+    )
     plt.close(fig)
 
     body = "\n".join(

@@ -3,7 +3,7 @@
 Built in notebook 00_setup_and_data and used by every notebook after it. Images may be a
 torch tensor (N, C, H, W) or (C, H, W) with values in ``value_range`` (default [-1, 1], the
 range the models work in), a numpy array (N, H, W[, C]) of uint8, or a list of PIL images /
-tensors / arrays.
+tensors / arrays ((H, W) or (H, W, C) each). A 3-D numpy array is read as (N, H, W) grey.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def to_uint8_images(images: Any, value_range: tuple[float, float] = (-1.0, 1.0))
         return _tensor_to_uint8(rearrange(images, "n c h w -> n h w c"), value_range)
     if isinstance(images, np.ndarray):
         array = images
-        if array.ndim == 3 and array.shape[-1] not in (1, 3):
-            array = array[..., None]  # (N, H, W) greyscale
+        if array.ndim == 3:
+            array = array[..., None]  # a 3-D array is (N, H, W) greyscale
         assert array.ndim == 4, f"expected (N, H, W[, C]) array, got {images.shape}"
         if array.dtype != np.uint8:
             array = _tensor_to_uint8(array, value_range)
@@ -73,12 +73,14 @@ def _is_torch(value: Any) -> bool:
 
 
 def _one(image: Any) -> Any:
+    """One image -> a batch of one: (1, H, W, C) array, or a (C, H, W) tensor as it is."""
     if isinstance(image, Image.Image):
-        mode = "L" if image.mode in ("1", "L", "I", "F") else "RGB"
-        return np.asarray(image.convert(mode))[None]
+        grey = image.mode in ("1", "L", "I", "F")
+        array = np.asarray(image.convert("L" if grey else "RGB"))
+        return array[None, ..., None] if grey else array[None]
     if isinstance(image, np.ndarray):
-        return image[None]
-    return image  # a (C, H, W) tensor
+        return (image[..., None] if image.ndim == 2 else image)[None]  # (H, W[, C])
+    return image
 
 
 def make_grid(
@@ -95,9 +97,7 @@ def make_grid(
     nrows = int(np.ceil(count / ncols))
     blank = np.full((nrows * ncols - count, height, width, channels), pad_value, np.uint8)
     array = np.concatenate([array, blank])
-    array = np.pad(
-        array, ((0, 0), (padding, 0), (padding, 0), (0, 0)), constant_values=pad_value
-    )
+    array = np.pad(array, ((0, 0), (padding, 0), (padding, 0), (0, 0)), constant_values=pad_value)
     grid = rearrange(array, "(r c) h w ch -> (r h) (c w) ch", r=nrows, c=ncols)
     return np.pad(grid, ((0, padding), (0, padding), (0, 0)), constant_values=pad_value)
 
@@ -133,7 +133,9 @@ def show_images(
             continue
         image = array[index]
         grey = image.shape[-1] == 1
-        axis.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=255)
+        axis.imshow(
+            image[..., 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=255
+        )
         if captions is not None:
             axis.set_title(wrapped[index], fontsize=7)
     if title:

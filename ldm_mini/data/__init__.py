@@ -88,7 +88,9 @@ def list_datasets() -> list[DatasetInfo]:
         splits = {s: int(info["num_rows"]) for s, info in entry["splits"].items()}
         size = sum(f["bytes"] for info in entry["splits"].values() for f in info["files"])
         infos.append(
-            DatasetInfo(name, entry["title"], "bundled", entry["license"], entry["image"], splits, size)
+            DatasetInfo(
+                name, entry["title"], "bundled", entry["license"], entry["image"], splits, size
+            )
         )
     infos.append(
         DatasetInfo(

@@ -23,8 +23,9 @@ import json
 import struct
 import sys
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -139,14 +140,19 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def _require(path: Path, how: str) -> None:
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: the source is missing. Install it with `{how}`.")
+        raise FileNotFoundError(
+            f"{path} not found: the source is missing. Install it with `{how}`."
+        )
 
 
 def build_fashion_mnist(source: Path = FASHION_MNIST_DIR) -> dict[str, dict[str, list]]:
     """Rows per split from the original IDX files: image (PIL L), label, caption."""
     _require(source, METADATA["fashion_mnist"]["requires"])
     splits = {}
-    for split, prefix, rows in (("train", "train", FASHION_MNIST_TRAIN_ROWS), ("test", "t10k", None)):
+    for split, prefix, rows in (
+        ("train", "train", FASHION_MNIST_TRAIN_ROWS),
+        ("test", "t10k", None),
+    ):
         images = _read_idx(source / f"{prefix}-images-idx3-ubyte.gz")
         labels = _read_idx(source / f"{prefix}-labels-idx1-ubyte.gz")
         if rows is not None:

@@ -63,8 +63,7 @@ def load_hub(repo_id: str, split: str = "train", **kwargs):
 
     hint = (
         "Use a bundled dataset instead (fashion_mnist, emoji, shapes, photos: they work "
-        "offline), or run where the Hub is reachable (e.g. Colab). If you downloaded this "
-        "dataset before, set HF_HUB_OFFLINE=1 to read it from the cache."
+        "offline), or run where the Hub is reachable (e.g. Colab)."
     )
     offline = hub_offline_mode()
     if not offline:
@@ -72,7 +71,8 @@ def load_hub(repo_id: str, split: str = "train", **kwargs):
         if not ok:
             raise HubUnavailableError(
                 f"Cannot load Hub dataset {repo_id!r}: the Hugging Face Hub is not reachable "
-                f"({reason}). {hint}"
+                f"({reason}). {hint} If you downloaded this dataset before, set "
+                "HF_HUB_OFFLINE=1 to read it from the local cache."
             )
     try:
         dataset = datasets.load_dataset(repo_id, split=split, **kwargs)

@@ -30,9 +30,9 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 def border_fill(image: Image.Image) -> tuple[int, ...] | int:
     """Median colour of the image's one-pixel border: the natural padding value."""
     array = np.asarray(image)
-    border = np.concatenate(
-        [array[0], array[-1], array[:, 0], array[:, -1]], axis=0
-    ).reshape(-1, 1 if array.ndim == 2 else array.shape[2])
+    border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]], axis=0).reshape(
+        -1, 1 if array.ndim == 2 else array.shape[2]
+    )
     median = np.median(border, axis=0).round().astype(int)
     return int(median[0]) if array.ndim == 2 else tuple(int(v) for v in median)
 
@@ -135,7 +135,9 @@ class TensorImageDataset(torch.utils.data.Dataset):
         row = self.dataset[int(index)]
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         image = row["image"].convert("L" if self.channels == 1 else "RGB")
-        image = fit_image(image, self.image_size, self.resize, rng, self.random_crop, self.pad_value)
+        image = fit_image(
+            image, self.image_size, self.resize, rng, self.random_crop, self.pad_value
+        )
         if self.hflip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         item: dict[str, Any] = {"image": pil_to_tensor(image), "index": int(index)}

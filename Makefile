@@ -1,0 +1,32 @@
+# Quickstart: `make demo` runs the main job, `make test` runs the whole test suite.
+# Both create the virtual environment .venv (and install the project into it) when it is
+# missing or older than pyproject.toml. Override the interpreter with PYTHON=python3.11.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ldm-mini-installed
+
+.PHONY: install demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job. Until the end-to-end demo exists, it is the datasets tour (offline).
+demo: $(STAMP)
+	$(BIN)/ldm-mini tour --out runs/tour
+	@echo "open runs/tour/index.html"
+
+# The whole test suite: unit tests and every notebook (nbval, quick mode).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check ldm_mini tests
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,23 @@
+"""Shared fixtures: a private copy of the data folder that tests may damage."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ldm_mini.data.bundled import DATA_DIR_ENV, data_dir
+
+
+@pytest.fixture
+def data_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of data/ with only the small photos shards, used through $LDM_MINI_DATA."""
+    source = data_dir()
+    target = tmp_path / "data"
+    (target / "photos").mkdir(parents=True)
+    shutil.copy2(source / "MANIFEST.json", target / "MANIFEST.json")
+    for shard in (source / "photos").glob("*.parquet"):
+        shutil.copy2(shard, target / "photos" / shard.name)
+    monkeypatch.setenv(DATA_DIR_ENV, str(target))
+    return target

@@ -1,0 +1,51 @@
+"""The ldm-mini command: datasets, env and the tour."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ldm_mini.cli import main
+
+
+def test_datasets_lists_bundled_sets_with_sizes_and_licences(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "test 10,000" in lines["fashion_mnist"] and "MIT" in lines["fashion_mnist"]
+    assert "OFL-1.1" in lines["emoji"] and "MB" in lines["emoji"]
+    assert "procedural" in lines["shapes"] and "generated" in lines["shapes"]
+    assert "CC-BY-2.0" in lines["photos"]
+
+
+def test_datasets_json(capsys):
+    assert main(["datasets", "--json"]) == 0
+    infos = {info["name"]: info for info in json.loads(capsys.readouterr().out)}
+    assert infos["fashion_mnist"]["splits"] == {"train": 20_000, "test": 10_000}
+    assert sum(infos["emoji"]["splits"].values()) >= 1_000
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "usage: ldm-mini" in capsys.readouterr().out
+
+
+def test_env_without_network(capsys):
+    assert main(["env", "--json", "--no-network"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["device"] in ("cpu", "cuda", "mps") and info["quick_mode"] is True
+    assert info["packages"]["torch"] != "missing"
+
+
+def test_tour_writes_a_page_with_every_dataset(tmp_path: Path, capsys):
+    assert main(["tour", "--out", str(tmp_path), "--n", "4"]) == 0
+    page = (tmp_path / "index.html").read_text()
+    for name in ("fashion_mnist", "emoji", "photos", "shapes", "shapes_truth"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1_000
+        assert f"{name}.png" in page
+
+
+def test_data_errors_exit_with_status_2(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("LDM_MINI_DATA", str(tmp_path))
+    assert main(["datasets"]) == 2
+    assert "LDM_MINI_DATA" in capsys.readouterr().err

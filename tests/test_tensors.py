@@ -1,0 +1,92 @@
+"""The torch adapter: ranges, sizes, padding, crops, determinism, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ldm_mini.data import TensorImageDataset, load_dataset, make_dataloader
+from ldm_mini.data.tensors import border_fill, fit_image, pil_to_tensor
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return load_dataset("fashion_mnist", split="test")
+
+
+def test_pil_to_tensor_maps_0_255_to_minus_one_one():
+    image = Image.fromarray(np.array([[0, 255], [51, 204]], np.uint8), mode="L")
+    tensor = pil_to_tensor(image)
+    assert tensor.shape == (1, 2, 2) and tensor.dtype == torch.float32
+    expected = torch.tensor([[[-1.0, 1.0], [51 / 127.5 - 1, 204 / 127.5 - 1]]])
+    assert torch.allclose(tensor, expected)
+    rgb = pil_to_tensor(Image.new("RGB", (3, 2), (255, 0, 0)))
+    assert rgb.shape == (3, 2, 3) and rgb[0].eq(1).all() and rgb[1:].eq(-1).all()
+
+
+def test_fashion_mnist_is_padded_28_to_32(fashion):
+    item = TensorImageDataset(fashion, image_size=32)[3]
+    image = item["image"]
+    assert image.shape == (1, 32, 32) and image.min() >= -1 and image.max() <= 1
+    original = pil_to_tensor(fashion[3]["image"])
+    assert torch.equal(image[:, 2:30, 2:30], original), "the image sits unchanged in the centre"
+    assert image[:, :2].eq(-1).all() and image[:, :, 30:].eq(-1).all(), "padding is black"
+    assert item["label"] == fashion[3]["label"] and item["caption"] == fashion[3]["caption"]
+
+
+def test_border_fill_follows_the_background():
+    white = Image.new("RGB", (8, 8), (255, 255, 255))
+    white.paste((10, 20, 30), (2, 2, 6, 6))
+    assert border_fill(white) == (255, 255, 255)
+    assert border_fill(Image.new("L", (5, 5), 7)) == 7
+
+
+def test_emoji_resized_to_32_in_rgb_and_grey():
+    emoji = load_dataset("emoji", split="test")
+    rgb = TensorImageDataset(emoji, image_size=32)
+    grey = TensorImageDataset(emoji, image_size=32, channels=1)
+    assert rgb.channels == 3 and rgb[0]["image"].shape == (3, 32, 32)
+    assert grey[0]["image"].shape == (1, 32, 32)
+    assert "label" not in rgb[0] and isinstance(rgb[0]["caption"], str)
+
+
+def test_random_crops_and_flips_are_seeded():
+    photos = load_dataset("photos", split="test")
+    first = TensorImageDataset(photos, 64, resize="crop", random_crop=True, hflip=True, seed=5)
+    again = TensorImageDataset(photos, 64, resize="crop", random_crop=True, hflip=True, seed=5)
+    other = TensorImageDataset(photos, 64, resize="crop", random_crop=True, hflip=True, seed=6)
+    assert torch.equal(first[1]["image"], again[1]["image"])
+    assert not torch.equal(first[1]["image"], other[1]["image"])
+    before = first[1]["image"]
+    first.set_epoch(1)
+    assert not torch.equal(before, first[1]["image"]), "a new epoch gives new crops"
+    centre = TensorImageDataset(photos, 64, resize="crop")
+    assert torch.equal(centre[0]["image"], centre[0]["image"])
+
+
+def test_fit_image_modes_and_errors():
+    rng = np.random.default_rng(0)
+    wide = Image.new("RGB", (80, 40), (0, 0, 0))
+    assert fit_image(wide, 32, "resize", rng).size == (32, 32)
+    assert fit_image(wide, 32, "crop", rng).size == (32, 32)
+    assert fit_image(wide, 40, "auto", rng).size == (40, 40)
+    assert fit_image(Image.new("L", (28, 28)), 32, "auto", rng).size == (32, 32)
+    with pytest.raises(ValueError, match="cannot pad a 80x40"):
+        fit_image(wide, 32, "pad", rng)
+    with pytest.raises(ValueError, match="cannot crop 64x64"):
+        fit_image(wide, 64, "crop", rng)
+    with pytest.raises(ValueError, match="unknown resize mode"):
+        TensorImageDataset(load_dataset("photos", split="test"), 32, resize="stretch")
+
+
+def test_dataloader_batches_and_shuffles_deterministically(fashion):
+    subset = fashion.select(range(64))
+    tensors = TensorImageDataset(subset, image_size=32)
+    batches = [next(iter(make_dataloader(tensors, batch_size=16, seed=0))) for _ in range(2)]
+    other = next(iter(make_dataloader(tensors, batch_size=16, seed=1)))
+    assert batches[0]["image"].shape == (16, 1, 32, 32)
+    assert batches[0]["label"].dtype == torch.int64 and len(batches[0]["caption"]) == 16
+    assert torch.equal(batches[0]["index"], batches[1]["index"])
+    assert not torch.equal(batches[0]["index"], other["index"])
