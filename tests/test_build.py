@@ -36,17 +36,30 @@ def test_missing_source_says_how_to_install_it(tmp_path: Path):
         build.build_fashion_mnist(tmp_path / "nowhere")
 
 
-def test_cards_are_generated_from_the_manifest(tmp_path: Path):
-    rows = {"test": build.build_photos()["test"]} if importlib.util.find_spec("skimage") else None
-    if rows is None:
-        pytest.skip("scikit-image not installed (pip install -e '.[build-data]')")
+def test_cards_are_generated_from_the_manifest(tmp_path: Path, monkeypatch):
+    import datasets
+
+    shipped = load_dataset("photos", split="test").cast_column(
+        "image", datasets.Image(decode=False)
+    )
+    rows = {"test": {column: list(shipped[column]) for column in shipped.column_names}}
     entry = build.write_dataset("photos", tmp_path, rows)
     manifest = build.write_manifest(tmp_path, {"photos": entry})
     cards = (tmp_path / "README.md").read_text()
-    assert manifest["photos"]["splits"]["test"]["files"][0]["sha256"] in cards
-    rebuilt = read_manifest(tmp_path)["photos"]["splits"]["test"]
-    shipped = read_manifest()["photos"]["splits"]["test"]
-    assert rebuilt["num_rows"] == shipped["num_rows"]
+    shard = manifest["photos"]["splits"]["test"]["files"][0]
+    assert shard["sha256"] in cards and "python -m ldm_mini.data.build photos" in cards
+    assert read_manifest(tmp_path)["photos"]["splits"]["test"]["num_rows"] == len(shipped)
+    monkeypatch.setenv("LDM_MINI_DATA", str(tmp_path))
+    assert list(load_dataset("photos", split="test")["name"]) == list(shipped["name"])
+
+
+def test_photos_builder_needs_its_source_packages():
+    if importlib.util.find_spec("skimage") and importlib.util.find_spec("sklearn"):
+        rows = build.build_photos()
+        assert len(rows["train"]["image"]) == 7 and len(rows["test"]["image"]) == 3
+    else:
+        with pytest.raises(FileNotFoundError, match=r"build-data"):
+            build.build_photos()
 
 
 def _same_rows(rebuilt: dict[str, list], shipped, columns: list[str]) -> None:
