@@ -1,0 +1,214 @@
+"""Checkpoints: one folder format for every stage of the course.
+
+A checkpoint is a folder::
+
+    config.json          stage, model config, data, perceptual backbone, step, library
+                         version, and the sha256 of every other file
+    model.safetensors    the model's weights (what inference needs)
+    ema.safetensors      EMA weights (stages that keep them)
+    trainer_state.pt     optimizers, discriminator, grad scaler, RNG states: only to resume;
+                         tensors and plain containers, read with torch.load(weights_only=True)
+
+It is written atomically: into a temporary sibling folder, then renamed into place, so an
+interrupted save leaves the previous checkpoint intact. Loading executes no code and checks
+every file against its sha256, so a truncated or corrupted file is named, not half-read.
+Taught in notebook 01_perceptual_autoencoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ldm_mini import __version__
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+MODEL_NAME = "model.safetensors"
+EMA_NAME = "ema.safetensors"
+TRAINER_NAME = "trainer_state.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that is missing, damaged, or of another stage."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: its config and state dicts (on CPU)."""
+
+    path: Path
+    config: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    ema_state: dict[str, torch.Tensor] | None = None
+    trainer_state: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def stage(self) -> str:
+        return self.config["stage"]
+
+    @property
+    def step(self) -> int:
+        return int(self.config.get("step", 0))
+
+
+def _sha256(path: Path) -> str:
+    from ldm_mini.data.bundled import sha256_file
+
+    return sha256_file(path)
+
+
+def _plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies (safetensors refuses shared or strided storage)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    stage: str,
+    config: dict[str, Any],
+    model_state: dict[str, torch.Tensor],
+    ema_state: dict[str, torch.Tensor] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    step: int = 0,
+) -> Path:
+    """Write a checkpoint folder atomically; returns its path.
+
+    ``config`` is the stage's JSON-serialisable description (model config, data, ...);
+    ``stage``, ``step``, the format and library versions and the files' sha256 are added.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        files = {MODEL_NAME: model_state}
+        if ema_state is not None:
+            files[EMA_NAME] = ema_state
+        for name, state in files.items():
+            save_file(_plain_state(state), str(tmp / name), metadata={"stage": stage})
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_NAME)
+        full_config = {
+            "stage": stage,
+            "step": int(step),
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **config,
+            "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())},
+        }
+        (tmp / CONFIG_NAME).write_text(json.dumps(full_config, indent=2) + "\n", encoding="utf-8")
+        _swap_into_place(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _swap_into_place(tmp: Path, directory: Path) -> None:
+    """Replace ``directory`` by ``tmp`` with renames only (each rename is atomic)."""
+    if directory.exists():
+        old = directory.parent / f".{directory.name}.old-{os.getpid()}-{time.time_ns()}"
+        directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(directory)
+
+
+def resolve_checkpoint_dir(path: str | Path) -> Path:
+    """A checkpoint folder, or a training run folder holding one in ``checkpoint/``."""
+    path = Path(path).expanduser()
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if (path / "checkpoint" / CONFIG_NAME).is_file():
+        return path / "checkpoint"
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint folder {path} does not exist.")
+    raise CheckpointError(
+        f"{path} is not a checkpoint: it has no {CONFIG_NAME} (nor checkpoint/{CONFIG_NAME}). "
+        "Pass the folder a training run wrote with --out, or a shipped one in data/checkpoints/."
+    )
+
+
+def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's ``config.json`` (no weights are read)."""
+    directory = resolve_checkpoint_dir(path)
+    try:
+        config = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"{directory / CONFIG_NAME} is unreadable ({err}); the checkpoint is damaged: "
+            "retrain it, or restore it from where you got it."
+        ) from err
+    if not isinstance(config, dict) or "stage" not in config:
+        raise CheckpointError(f"{directory / CONFIG_NAME} is not an ldm-mini checkpoint config.")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory} was written by a newer ldm-mini (format {config['format_version']}); "
+            "upgrade ldm-mini to read it."
+        )
+    return config
+
+
+def load_checkpoint(
+    path: str | Path, expected_stage: str | None = None, with_trainer_state: bool = False
+) -> Checkpoint:
+    """Load and verify a checkpoint folder (weights on CPU).
+
+    Raises :class:`CheckpointError` naming the problem: no such folder, a config that does
+    not parse, a checkpoint of another stage than ``expected_stage``, a file whose sha256
+    differs from the config's (corrupted or truncated), or a missing file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = resolve_checkpoint_dir(path)
+    config = read_checkpoint_config(directory)
+    if expected_stage is not None and config["stage"] != expected_stage:
+        raise CheckpointError(
+            f"{directory} holds a '{config['stage']}' checkpoint, but a '{expected_stage}' "
+            "checkpoint is needed here."
+        )
+    files: dict[str, str] = config.get("files", {})
+    wanted = [MODEL_NAME] + [n for n in (EMA_NAME,) if n in files]
+    if with_trainer_state:
+        if TRAINER_NAME not in files:
+            raise CheckpointError(
+                f"{directory} has no {TRAINER_NAME}, so it cannot be resumed (shipped checkpoints "
+                "keep only the weights). Start a new run instead."
+            )
+        wanted.append(TRAINER_NAME)
+    for name in wanted:
+        file = directory / name
+        if name not in files:
+            raise CheckpointError(f"{directory / CONFIG_NAME} does not list {name}.")
+        if not file.is_file():
+            raise CheckpointError(f"Checkpoint file {file} is missing.")
+        if _sha256(file) != files[name]:
+            raise CheckpointError(
+                f"Checkpoint file {file} is corrupted or truncated (its sha256 differs from the "
+                f"one in {CONFIG_NAME}). Retrain, or restore the folder from where you got it."
+            )
+    try:
+        model_state = load_file(str(directory / MODEL_NAME))
+        ema_state = load_file(str(directory / EMA_NAME)) if EMA_NAME in wanted else None
+        trainer_state = (
+            torch.load(directory / TRAINER_NAME, map_location="cpu", weights_only=True)
+            if with_trainer_state
+            else None
+        )
+    except (SafetensorError, RuntimeError, OSError, EOFError) as err:
+        raise CheckpointError(f"Cannot read the checkpoint in {directory}: {err}") from err
+    return Checkpoint(directory, config, model_state, ema_state, trainer_state)

@@ -1,0 +1,398 @@
+"""The one training engine for every stage of the course.
+
+A *stage* (the autoencoder now; the latent diffusion model later) says what its modules
+and optimizers are and how to compute each optimizer's loss on a batch. The engine does
+everything else the same way for all of them: device choice, mixed precision, learning-rate
+warmup, gradient clipping, a progress bar, JSONL logs, periodic sample grids, atomic
+checkpoints, and resume that reproduces the uninterrupted run exactly (on the same device).
+
+Reproducibility: the batch of step ``s`` is fixed by ``(seed, s)`` (an epoch-wise random
+permutation of the dataset), learning rates are a function of the step, and the torch RNG
+state is saved in every checkpoint. So N steps, save, load, N more steps gives the same
+weights and losses as 2N steps in one go. Taught in notebook 01_perceptual_autoencoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ldm_mini.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from ldm_mini.environment import pick_device
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Engine settings shared by every stage."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+    precision: str = "auto"  # auto: bf16 on GPUs that have it, fp16 + grad scaler on others, else fp32
+    grad_clip: float | None = 1.0
+    warmup_steps: int = 0
+    log_every: int = 10
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("log_every", "sample_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        return config_from_dict(cls, values, "train")
+
+
+def config_from_dict(cls, values: dict[str, Any], section: str):
+    """Build a config dataclass, rejecting unknown keys with the list of valid ones."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {section} setting(s) {unknown}; valid: {names}")
+    return cls(**values)
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or infinite; the last good weights were saved."""
+
+
+class TrainingStage:
+    """What a stage tells the engine. Subclasses fill in every method."""
+
+    name: str = "stage"
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Every module whose state a resume needs (trainable or not)."""
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers, in the order they step within one training step."""
+        raise NotImplementedError
+
+    def active_optimizers(self, step: int) -> list[str]:
+        """Which optimizers step at ``step`` (e.g. no discriminator before it starts)."""
+        return list(self.optimizers())
+
+    def loss(
+        self, optimizer: str, batch: dict[str, Any], step: int, scratch: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar loss for ``optimizer`` and numbers to log. ``scratch`` is shared by the
+        optimizers of one step (e.g. the generator's reconstruction for the discriminator)."""
+        raise NotImplementedError
+
+    def after_step(self, batch: dict[str, Any], step: int, scratch: dict[str, Any]) -> None:
+        """Hook after all optimizers stepped (e.g. re-seeding dead VQ codes)."""
+
+    @torch.no_grad()
+    def sample_images(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """Images (N, C, H, W) in [-1, 1] for the periodic grid, or None."""
+        return None
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """JSON-serialisable description stored in config.json (model config, data, ...)."""
+        raise NotImplementedError
+
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        """The weights inference needs (model.safetensors)."""
+        raise NotImplementedError
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` -> bf16 on CUDA GPUs with bf16, fp16 on other CUDA GPUs (T4), fp32 elsewhere."""
+    if precision == "auto":
+        if device.startswith("cuda"):
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise ValueError("precision fp16 needs a CUDA GPU (it uses a grad scaler); use fp32 or bf16")
+    return precision
+
+
+def batch_indices(step: int, batch_size: int, num_items: int, seed: int) -> tuple[list[int], int]:
+    """Dataset indices of the batch of step ``step`` (1-based) and its epoch.
+
+    Step s takes items ``(s - 1) * batch_size ...`` of the concatenation of per-epoch random
+    permutations, the permutation of epoch e drawn from seed ``(seed, e)``.
+    """
+    assert step >= 1, f"steps count from 1, got {step}"
+    indices: list[int] = []
+    position = (step - 1) * batch_size
+    epoch = position // num_items
+    while len(indices) < batch_size:
+        epoch_now, offset = divmod(position + len(indices), num_items)
+        permutation = _permutation(num_items, seed, epoch_now)
+        take = min(batch_size - len(indices), num_items - offset)
+        indices.extend(permutation[offset : offset + take])
+    return indices, epoch
+
+
+_PERMUTATIONS: dict[tuple[int, int, int], list[int]] = {}
+
+
+def _permutation(num_items: int, seed: int, epoch: int) -> list[int]:
+    key = (num_items, seed, epoch)
+    if key not in _PERMUTATIONS:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        _PERMUTATIONS.clear()  # keep one epoch's permutation in memory
+        _PERMUTATIONS[key] = torch.randperm(num_items, generator=generator).tolist()
+    return _PERMUTATIONS[key]
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """Yields the index lists of steps ``first_step .. last_step``."""
+
+    def __init__(self, first_step: int, last_step: int, batch_size: int, num_items: int, seed: int):
+        self.steps = range(first_step, last_step + 1)
+        self.batch_size, self.num_items, self.seed = batch_size, num_items, seed
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in self.steps:
+            yield batch_indices(step, self.batch_size, self.num_items, self.seed)[0]
+
+
+def _to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class Trainer:
+    """Runs a stage for ``config.steps`` steps, writing into ``out``::
+
+        out/checkpoint/    the latest checkpoint (config.json, model.safetensors, trainer_state.pt)
+        out/log.jsonl      one JSON object per logged step
+        out/samples/       step_000500.png, ... sample grids
+        out/last-good/     only after a NaN/inf loss: the weights before it
+    """
+
+    def __init__(
+        self,
+        stage: TrainingStage,
+        dataset: torch.utils.data.Dataset,
+        config: TrainConfig,
+        out: str | Path,
+        resume: bool = True,
+        progress: bool = True,
+    ) -> None:
+        if len(dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        self.stage, self.dataset, self.config = stage, dataset, config
+        self.out = Path(out)
+        self.progress = progress
+        self.device = pick_device(None if config.device == "auto" else config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        for module in stage.modules().values():
+            module.to(self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.step = 0
+        self.seconds = 0.0
+        self.base_lrs = {
+            name: [group["lr"] for group in opt.param_groups]
+            for name, opt in stage.optimizers().items()
+        }
+        torch.manual_seed(config.seed)
+        if resume and (self.out / "checkpoint" / "config.json").is_file():
+            self._resume()
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _trainer_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "step": self.step,
+            "seconds": self.seconds,
+            "modules": {n: m.state_dict() for n, m in self.stage.modules().items()},
+            "optimizers": {n: o.state_dict() for n, o in self.stage.optimizers().items()},
+            "scaler": self.scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _config_record(self) -> dict[str, Any]:
+        return {
+            **self.stage.checkpoint_config(),
+            "train": self.config.to_dict(),
+            "device": self.device,
+            "precision": self.precision,
+            "train_seconds": round(self.seconds, 2),
+        }
+
+    def save(self, directory: Path | None = None) -> Path:
+        """Write the current state as a checkpoint (default ``out/checkpoint``)."""
+        return save_checkpoint(
+            self.out / "checkpoint" if directory is None else directory,
+            stage=self.stage.name,
+            config=self._config_record(),
+            model_state=self.stage.inference_state(),
+            trainer_state=self._trainer_state(),
+            step=self.step,
+        )
+
+    def _resume(self) -> None:
+        checkpoint = load_checkpoint(self.out, expected_stage=self.stage.name, with_trainer_state=True)
+        mine = self.stage.checkpoint_config()
+        for key in ("model", "data"):
+            if key in mine and checkpoint.config.get(key) != json.loads(json.dumps(mine[key])):
+                raise CheckpointError(
+                    f"{self.out} holds a run with another {key} configuration "
+                    f"({checkpoint.config.get(key)}); use a new --out folder to start a new run."
+                )
+        state = checkpoint.trainer_state
+        for name, module in self.stage.modules().items():
+            module.load_state_dict(state["modules"][name])
+        for name, optimizer in self.stage.optimizers().items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.step = int(state["step"])
+        self.seconds = float(state["seconds"])
+        self._truncate_log(self.step)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines after ``step`` (written after the checkpoint we resume from)."""
+        log = self.out / "log.jsonl"
+        if log.is_file():
+            lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+            log.write_text("".join(line + "\n" for line in lines))
+
+    # -- the loop ------------------------------------------------------------------------
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
+
+    def _set_learning_rates(self, step: int) -> float:
+        # linear warmup: lr_s = lr * min(1, s / warmup_steps)
+        factor = min(1.0, step / self.config.warmup_steps) if self.config.warmup_steps else 1.0
+        for name, optimizer in self.stage.optimizers().items():
+            for group, base in zip(optimizer.param_groups, self.base_lrs[name], strict=True):
+                group["lr"] = base * factor
+        return factor
+
+    def _diverged(self, step: int, optimizer: str, value: float) -> None:
+        path = self.save(self.out / "last-good")
+        raise TrainingDivergedError(
+            f"The {optimizer} loss is {value} at step {step}; training stopped. The weights "
+            f"before the bad update are saved in {path} (step {self.step}). Try a lower learning "
+            "rate, precision fp32, or gradient clipping."
+        )
+
+    def _loader(self, first_step: int) -> torch.utils.data.DataLoader:
+        sampler = _StepBatches(
+            first_step, self.config.steps, self.config.batch_size, len(self.dataset), self.config.seed
+        )
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.startswith("cuda"),
+        )
+
+    def _fixed_batch(self) -> dict[str, Any]:
+        count = min(len(self.dataset), 16)
+        items = [self.dataset[i] for i in range(count)]
+        return _to_device(torch.utils.data.default_collate(items), self.device)
+
+    def _write_samples(self, fixed: dict[str, Any]) -> None:
+        images = self.stage.sample_images(fixed)
+        if images is None:
+            return
+        from PIL import Image
+
+        from ldm_mini.viz import make_grid
+
+        grid = make_grid(images.float().cpu(), ncols=8)
+        folder = self.out / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(
+            folder / f"step_{self.step:06d}.png"
+        )
+
+    def fit(self) -> dict[str, Any]:
+        """Train from the current step to ``config.steps``; returns the last logged values."""
+        from tqdm.auto import tqdm
+
+        config = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.step >= config.steps:
+            return {"step": self.step, "seconds": self.seconds, "note": "already complete"}
+        fixed = self._fixed_batch()
+        set_epoch = getattr(self.dataset, "set_epoch", None) if config.num_workers == 0 else None
+        last: dict[str, Any] = {}
+        bar = tqdm(
+            total=config.steps, initial=self.step, desc=self.stage.name, disable=not self.progress
+        )
+        for module in self.stage.modules().values():
+            module.train()
+        start = time.perf_counter() - self.seconds
+        with open(self.out / "log.jsonl", "a", encoding="utf-8") as log:
+            for batch in self._loader(self.step + 1):
+                step = self.step + 1
+                if set_epoch is not None:
+                    set_epoch(batch_indices(step, config.batch_size, len(self.dataset), config.seed)[1])
+                values = self._train_step(_to_device(batch, self.device), step)
+                self.step = step
+                self.seconds = time.perf_counter() - start
+                bar.update(1)
+                if step % config.log_every == 0 or step == config.steps:
+                    last = {"step": step, **values, "seconds": round(self.seconds, 3)}
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if "loss" in k})
+                if step % config.sample_every == 0 or step == config.steps:
+                    self._write_samples(fixed)
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    self.save()
+        bar.close()
+        return last
+
+    def _train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        stage, config = self.stage, self.config
+        values: dict[str, float] = {"lr_factor": self._set_learning_rates(step)}
+        scratch: dict[str, Any] = {}
+        optimizers = stage.optimizers()
+        for name in stage.active_optimizers(step):
+            optimizer = optimizers[name]
+            optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                loss, logged = stage.loss(name, batch, step, scratch)
+            if not math.isfinite(float(loss)):
+                self._diverged(step, name, float(loss))
+            self.scaler.scale(loss).backward()
+            if config.grad_clip is not None:
+                self.scaler.unscale_(optimizer)
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                logged[f"{name}_grad_norm"] = float(norm)
+            self.scaler.step(optimizer)
+            values.update(logged)
+        self.scaler.update()
+        stage.after_step(batch, step, scratch)
+        return values
