@@ -561,7 +561,7 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("usage_count", torch.zeros(codebook_size))
 
     def nearest_codes(self, z: Tensor) -> Tensor:
-        """Indices (B, h, w) of the codes nearest (squared L2) to each vector of z (B, dim, h, w)."""
+        """Indices (B, h, w) of the nearest code (squared L2) to each vector of z (B, dim, h, w)."""
         batch, _, height, width = z.shape
         flat = rearrange(z, "b d h w -> (b h w) d")
         codebook = self.embedding.weight

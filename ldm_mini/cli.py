@@ -52,6 +52,58 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_autoencoder(args: argparse.Namespace) -> int:
+    from ldm_mini.configs import apply_overrides, load_preset
+    from ldm_mini.first_stage import train_autoencoder
+
+    config = load_preset("autoencoder", args.preset)
+    overrides = list(args.set)
+    for flag, key in (
+        ("dataset", "data.dataset"),
+        ("image_size", "data.image_size"),
+        ("kind", "model.kind"),
+        ("f", "model.f"),
+        ("latent_channels", "model.latent_channels"),
+        ("steps", "train.steps"),
+        ("batch_size", "train.batch_size"),
+        ("device", "train.device"),
+        ("precision", "train.precision"),
+        ("seed", "train.seed"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    config = apply_overrides(config, overrides)
+    if args.print_config:
+        print(json.dumps(config, indent=2))
+        return 0
+    result = train_autoencoder(config, args.out, resume=not args.no_resume, progress=not args.quiet)
+    print(json.dumps(result))
+    print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ldm_mini.first_stage import evaluate_autoencoder
+
+    result = evaluate_autoencoder(
+        args.checkpoint,
+        dataset=args.dataset,
+        split=args.split,
+        limit=args.limit,
+        perceptual_backbone=args.perceptual,
+        feature_extractor=args.features,
+        with_fd=not args.no_fd,
+        device=args.device,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ldm-mini",
@@ -74,6 +126,51 @@ def build_parser() -> argparse.ArgumentParser:
     tour.add_argument("--n", type=int, default=24, help="images per dataset (default: 24)")
     tour.add_argument("--seed", type=int, default=0, help="which images to pick (default: 0)")
     tour.set_defaults(func=_cmd_tour)
+
+    from ldm_mini.configs import PRESETS
+
+    train_ae = sub.add_parser(
+        "train-autoencoder",
+        help="train the first stage (KL or VQ autoencoder); resumes if --out holds a run",
+        description="Train a perceptual autoencoder from a preset, with optional overrides. "
+        "Re-running with the same --out resumes from its last checkpoint.",
+    )
+    train_ae.add_argument("--preset", default="cpu", choices=PRESETS, help="default: cpu")
+    train_ae.add_argument(
+        "--out", required=True, help="run folder (checkpoint/, log.jsonl, samples/)"
+    )
+    train_ae.add_argument("--dataset", help="dataset name or folder (default: the preset's)")
+    train_ae.add_argument("--image-size", type=int, help="training image size")
+    train_ae.add_argument("--kind", choices=["kl", "vq"], help="regularization")
+    train_ae.add_argument("--f", type=int, choices=[1, 2, 4, 8], help="downsampling factor")
+    train_ae.add_argument("--latent-channels", type=int, help="latent channels c")
+    train_ae.add_argument("--steps", type=int, help="training steps")
+    train_ae.add_argument("--batch-size", type=int, help="batch size")
+    train_ae.add_argument("--device", help="auto, cpu, cuda, mps")
+    train_ae.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    train_ae.add_argument("--seed", type=int)
+    train_ae.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="any other setting, e.g. --set loss.disc_start=2000 (repeatable)",
+    )  # fmt: skip
+    train_ae.add_argument("--no-resume", action="store_true", help="refuse to resume; start over")
+    train_ae.add_argument("--print-config", action="store_true", help="print the config and exit")
+    train_ae.add_argument("--quiet", action="store_true", help="no progress bar")
+    train_ae.set_defaults(func=_cmd_train_autoencoder)
+
+    evaluate = sub.add_parser("evaluate", help="measure a trained checkpoint")
+    evaluate_sub = evaluate.add_subparsers(dest="what", metavar="WHAT", required=True)
+    ev_ae = evaluate_sub.add_parser("autoencoder", help="reconstruction metrics of an autoencoder")
+    ev_ae.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
+    ev_ae.add_argument("--dataset", help="default: the dataset it trained on")
+    ev_ae.add_argument("--split", default="test")
+    ev_ae.add_argument("--limit", type=int, help="only the first N images")
+    ev_ae.add_argument("--perceptual", help="perceptual backbone (default: the checkpoint's)")
+    ev_ae.add_argument("--features", default="auto", help="FD feature extractor (default: auto)")
+    ev_ae.add_argument("--no-fd", action="store_true", help="skip the Frechet distance")
+    ev_ae.add_argument("--device", default="cpu")
+    ev_ae.add_argument("--json", action="store_true", help="print one JSON object")
+    ev_ae.set_defaults(func=_cmd_evaluate)
     return parser
 
 
@@ -84,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from ldm_mini.data.errors import DatasetError
-
     try:
         return args.func(args)
-    except DatasetError as err:
+    except (ValueError, RuntimeError, OSError) as err:
+        # the package's own errors (bad data, damaged checkpoints, diverged training) and bad
+        # values are reported in one line; anything else keeps its traceback
+        if not (isinstance(err, ValueError) or type(err).__module__.startswith("ldm_mini")):
+            raise
         print(f"ldm-mini: error: {err}", file=sys.stderr)
         return 2
 

@@ -41,7 +41,9 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
-    precision: str = "auto"  # auto: bf16 on GPUs that have it, fp16 + grad scaler on others, else fp32
+    precision: str = (
+        "auto"  # auto: bf16 on GPUs that have it, fp16 + grad scaler on others, else fp32
+    )
     grad_clip: float | None = 1.0
     warmup_steps: int = 0
     log_every: int = 10
@@ -51,7 +53,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+            raise ValueError(
+                f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("log_every", "sample_every", "checkpoint_every"):
@@ -127,7 +131,9 @@ def resolve_precision(precision: str, device: str) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
     if precision == "fp16" and not device.startswith("cuda"):
-        raise ValueError("precision fp16 needs a CUDA GPU (it uses a grad scaler); use fp32 or bf16")
+        raise ValueError(
+            "precision fp16 needs a CUDA GPU (it uses a grad scaler); use fp32 or bf16"
+        )
     return precision
 
 
@@ -177,16 +183,18 @@ class _StepBatches(torch.utils.data.Sampler):
 
 
 def _to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
 
 
 class Trainer:
     """Runs a stage for ``config.steps`` steps, writing into ``out``::
 
-        out/checkpoint/    the latest checkpoint (config.json, model.safetensors, trainer_state.pt)
-        out/log.jsonl      one JSON object per logged step
-        out/samples/       step_000500.png, ... sample grids
-        out/last-good/     only after a NaN/inf loss: the weights before it
+    out/checkpoint/    the latest checkpoint (config.json, model.safetensors, trainer_state.pt)
+    out/log.jsonl      one JSON object per logged step
+    out/samples/       step_000500.png, ... sample grids
+    out/last-good/     only after a NaN/inf loss: the weights before it
     """
 
     def __init__(
@@ -253,7 +261,9 @@ class Trainer:
         )
 
     def _resume(self) -> None:
-        checkpoint = load_checkpoint(self.out, expected_stage=self.stage.name, with_trainer_state=True)
+        checkpoint = load_checkpoint(
+            self.out, expected_stage=self.stage.name, with_trainer_state=True
+        )
         mine = self.stage.checkpoint_config()
         for key in ("model", "data"):
             if key in mine and checkpoint.config.get(key) != json.loads(json.dumps(mine[key])):
@@ -278,7 +288,9 @@ class Trainer:
         """Drop log lines after ``step`` (written after the checkpoint we resume from)."""
         log = self.out / "log.jsonl"
         if log.is_file():
-            lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+            lines = [
+                ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
+            ]
             log.write_text("".join(line + "\n" for line in lines))
 
     # -- the loop ------------------------------------------------------------------------
@@ -306,13 +318,21 @@ class Trainer:
 
     def _loader(self, first_step: int) -> torch.utils.data.DataLoader:
         sampler = _StepBatches(
-            first_step, self.config.steps, self.config.batch_size, len(self.dataset), self.config.seed
+            first_step,
+            self.config.steps,
+            self.config.batch_size,
+            len(self.dataset),
+            self.config.seed,
         )
+        # the loader draws its workers' base seed from its own generator, not the global RNG,
+        # so a resumed run's global RNG stream (dropout, posterior samples) stays identical
+        generator = torch.Generator().manual_seed(self.config.seed + first_step)
         return torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=sampler,
             num_workers=self.config.num_workers,
             pin_memory=self.device.startswith("cuda"),
+            generator=generator,
         )
 
     def _fixed_batch(self) -> dict[str, Any]:
@@ -356,7 +376,9 @@ class Trainer:
             for batch in self._loader(self.step + 1):
                 step = self.step + 1
                 if set_epoch is not None:
-                    set_epoch(batch_indices(step, config.batch_size, len(self.dataset), config.seed)[1])
+                    set_epoch(
+                        batch_indices(step, config.batch_size, len(self.dataset), config.seed)[1]
+                    )
                 values = self._train_step(_to_device(batch, self.device), step)
                 self.step = step
                 self.seconds = time.perf_counter() - start
@@ -383,8 +405,8 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             with self._autocast():
                 loss, logged = stage.loss(name, batch, step, scratch)
-            if not math.isfinite(float(loss)):
-                self._diverged(step, name, float(loss))
+            if not math.isfinite(float(loss.detach())):
+                self._diverged(step, name, float(loss.detach()))
             self.scaler.scale(loss).backward()
             if config.grad_clip is not None:
                 self.scaler.unscale_(optimizer)

@@ -1,0 +1,283 @@
+"""Training and evaluating the first stage: the perceptual autoencoder (KL or VQ).
+
+Puts together :mod:`ldm_mini.autoencoder` (the model), :mod:`ldm_mini.losses` (L1 +
+perceptual + patch-GAN + KL/VQ terms) and the one training engine :mod:`ldm_mini.train`.
+``ldm-mini train-autoencoder`` and ``ldm-mini evaluate autoencoder`` call into here.
+Taught in notebooks 01_perceptual_autoencoder and 02_vector_quantization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ldm_mini.autoencoder import AutoencoderConfig, build_autoencoder
+from ldm_mini.checkpoints import load_checkpoint
+from ldm_mini.losses import AutoencoderLoss, AutoencoderLossConfig
+from ldm_mini.train import TrainConfig, Trainer, TrainingStage, config_from_dict
+
+STAGE = "autoencoder"
+log = logging.getLogger("ldm_mini.first_stage")
+
+
+@dataclass
+class DataConfig:
+    """Which images the autoencoder trains on, and how they become tensors."""
+
+    dataset: str = "fashion_mnist"
+    split: str = "train"
+    image_size: int = 32
+    channels: int | None = None  # None: 1 for greyscale datasets, 3 otherwise
+    resize: str = "auto"
+    hflip: bool = False
+    limit: int | None = None  # use only the first N images (quick runs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class OptimConfig:
+    """Adam settings for the generator (autoencoder) and the discriminator."""
+
+    lr: float = 2e-4
+    disc_lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    vq_reseed_every: int = 200  # VQ: re-seed codes unused since the last re-seed (0: never)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["betas"] = list(self.betas)
+        return values
+
+
+def parse_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate a full autoencoder config dict into its dataclasses."""
+    allowed = {"description", "data", "model", "loss", "optim", "train"}
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; sections: {sorted(allowed)}")
+    data = config_from_dict(DataConfig, config.get("data", {}), "data")
+    optim_values = dict(config.get("optim", {}))
+    if "betas" in optim_values:
+        optim_values["betas"] = tuple(optim_values["betas"])
+    return {
+        "data": data,
+        "model": dict(config.get("model", {})),
+        "loss": AutoencoderLossConfig.from_dict(config.get("loss", {})),
+        "optim": config_from_dict(OptimConfig, optim_values, "optim"),
+        "train": TrainConfig.from_dict(config.get("train", {})),
+    }
+
+
+def build_dataset(data: DataConfig, seed: int = 0):
+    """The training images as a :class:`~ldm_mini.data.TensorImageDataset`."""
+    from ldm_mini.data import TensorImageDataset, load_dataset
+
+    hf_dataset = load_dataset(data.dataset, split=data.split)
+    if data.limit is not None:
+        hf_dataset = hf_dataset.select(range(min(data.limit, len(hf_dataset))))
+    return TensorImageDataset(
+        hf_dataset, data.image_size, data.channels, data.resize, hflip=data.hflip, seed=seed
+    )
+
+
+class AutoencoderStage(TrainingStage):
+    """The autoencoder as a stage of the training engine: two optimizers, G then D."""
+
+    name = STAGE
+
+    def __init__(
+        self,
+        model_config: AutoencoderConfig,
+        loss_config: AutoencoderLossConfig,
+        optim: OptimConfig,
+        data: DataConfig,
+    ) -> None:
+        self.model_config, self.loss_config, self.optim, self.data = (
+            model_config,
+            loss_config,
+            optim,
+            data,
+        )
+        self.model = build_autoencoder(model_config)
+        self.loss_fn = AutoencoderLoss(loss_config, model_config.in_channels, model_config.kind)
+        log.info("perceptual backbone: %s", self.loss_fn.perceptual_backbone_name)
+        betas = tuple(optim.betas)
+        self._optimizers = {
+            "generator": torch.optim.Adam(
+                self.model.parameters(), optim.lr, betas=betas, weight_decay=optim.weight_decay
+            ),
+            "discriminator": torch.optim.Adam(
+                self.loss_fn.discriminator.parameters(), optim.disc_lr, betas=betas
+            ),
+        }
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model, "discriminator": self.loss_fn.discriminator}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self._optimizers
+
+    def active_optimizers(self, step: int) -> list[str]:
+        # the discriminator trains only once the adversarial term is on
+        if step >= self.loss_config.disc_start:
+            return ["generator", "discriminator"]
+        return ["generator"]
+
+    def loss(self, optimizer, batch, step, scratch):
+        images = batch["image"]
+        if optimizer == "generator":
+            output = self.model(images)
+            scratch["reconstruction"] = output.reconstruction
+            loss, logged = self.loss_fn.generator_loss(
+                images, output.reconstruction, output.regularization, step, self.model.last_layer
+            )
+            for key, value in output.stats.items():
+                logged[key] = float(value)
+            return loss, logged
+        return self.loss_fn.discriminator_loss(images, scratch["reconstruction"], step)
+
+    @torch.no_grad()
+    def after_step(self, batch, step, scratch) -> None:
+        every = self.optim.vq_reseed_every
+        if self.model_config.kind == "vq" and every and step % every == 0:
+            latents = self.model.encode(batch["image"])
+            self.model.quantizer.reseed_dead_codes(latents)
+
+    @torch.no_grad()
+    def sample_images(self, batch):
+        was_training = self.model.training
+        self.model.eval()
+        images = batch["image"][:8]
+        reconstruction = self.model(images, sample_posterior=False).reconstruction
+        self.model.train(was_training)
+        # top row inputs, bottom row reconstructions
+        return torch.cat([images, reconstruction.clamp(-1, 1)])
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {
+            "model": self.model_config.to_dict(),
+            "loss": self.loss_config.to_dict(),
+            "optim": self.optim.to_dict(),
+            "data": self.data.to_dict(),
+            "perceptual_backbone": self.loss_fn.perceptual_backbone_name,
+        }
+
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+
+def make_stage(config: dict[str, Any]) -> tuple[AutoencoderStage, Any, TrainConfig]:
+    """Build the stage, its dataset and the engine config from a full config dict."""
+    parsed = parse_config(config)
+    dataset = build_dataset(parsed["data"], seed=parsed["train"].seed)
+    model_values = dict(parsed["model"])
+    model_values.setdefault("in_channels", dataset.channels)
+    if model_values["in_channels"] != dataset.channels:
+        raise ValueError(
+            f"model.in_channels={model_values['in_channels']} but the data gives "
+            f"{dataset.channels}-channel images; set data.channels or model.in_channels to match"
+        )
+    torch.manual_seed(parsed["train"].seed)  # the same initial weights for the same seed
+    model_config = AutoencoderConfig.from_dict(model_values)
+    stage = AutoencoderStage(model_config, parsed["loss"], parsed["optim"], parsed["data"])
+    return stage, dataset, parsed["train"]
+
+
+def train_autoencoder(
+    config: dict[str, Any], out: str | Path, resume: bool = True, progress: bool = True
+) -> dict[str, Any]:
+    """Train (or resume) an autoencoder run into ``out``; returns the last logged values."""
+    stage, dataset, train_config = make_stage(config)
+    trainer = Trainer(stage, dataset, train_config, out, resume=resume, progress=progress)
+    return trainer.fit()
+
+
+def load_autoencoder(path: str | Path, device: str = "cpu"):
+    """Load a trained autoencoder from a checkpoint folder, in eval mode.
+
+    Returns ``(model, config)``; the config is the checkpoint's ``config.json``.
+    """
+    checkpoint = load_checkpoint(path, expected_stage=STAGE)
+    model = build_autoencoder(AutoencoderConfig.from_dict(checkpoint.config["model"]))
+    model.load_state_dict(checkpoint.model_state)
+    return model.to(device).eval(), checkpoint.config
+
+
+@torch.no_grad()
+def evaluate_autoencoder(
+    path: str | Path,
+    dataset: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    batch_size: int = 250,
+    perceptual_backbone: str | None = None,
+    feature_extractor: str = "auto",
+    with_fd: bool = True,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Reconstruction metrics of a checkpoint on a dataset split (default: the one it trained
+    on, test split): PSNR, SSIM, perceptual distance, FD, latent shape and std, seconds."""
+    from ldm_mini import metrics
+    from ldm_mini.perceptual import PerceptualDistance
+
+    start = time.perf_counter()
+    model, config = load_autoencoder(path, device)
+    data = DataConfig(**{**config["data"], "split": split, "limit": limit, "hflip": False})
+    if dataset is not None:
+        data.dataset = dataset
+    images = build_dataset(data)
+    backbone = perceptual_backbone or config.get("perceptual_backbone") or "auto"
+    min_size = config.get("loss", {}).get("perceptual_min_size", 64)
+    perceptual = PerceptualDistance(backbone, min_size=min_size).to(device)
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
+    sums = {"psnr": 0.0, "ssim": 0.0, "perceptual": 0.0}
+    latent_sum = latent_sq = 0.0
+    latent_count = 0
+    originals, reconstructions = [], []
+    latent_shape = None
+    for batch in loader:
+        x = batch["image"].to(device)
+        latent = model.encode_latent(x)
+        reconstruction = model.decode_latent(latent).clamp(-1, 1)
+        latent_shape = list(latent.shape[1:])
+        latent_sum += float(latent.double().sum())
+        latent_sq += float((latent.double() ** 2).sum())
+        latent_count += latent.numel()
+        sums["psnr"] += float(metrics.psnr(x, reconstruction).sum())
+        sums["ssim"] += float(metrics.ssim(x, reconstruction).sum())
+        sums["perceptual"] += float(perceptual(x, reconstruction).sum())
+        if with_fd:
+            originals.append(x.cpu())
+            reconstructions.append(reconstruction.cpu())
+    count = len(images)
+    mean = latent_sum / latent_count
+    result: dict[str, Any] = {
+        "checkpoint": str(path),
+        "dataset": data.dataset,
+        "split": split,
+        "n": count,
+        "psnr": sums["psnr"] / count,
+        "ssim": sums["ssim"] / count,
+        "perceptual": sums["perceptual"] / count,
+        "perceptual_backbone": perceptual.backbone_name,
+        "latent_shape": latent_shape,
+        "latent_std": (latent_sq / latent_count - mean**2) ** 0.5,
+    }
+    if with_fd:
+        fd = metrics.frechet_distance(
+            torch.cat(originals), torch.cat(reconstructions), feature_extractor
+        )
+        result["fd"] = fd["fd"]
+        result["fd_feature_extractor"] = fd["feature_extractor"]
+        result["fd_label"] = fd["label"]
+    result["seconds"] = time.perf_counter() - start
+    return result
