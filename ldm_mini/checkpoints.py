@@ -212,3 +212,28 @@ def load_checkpoint(
     except (SafetensorError, RuntimeError, OSError, EOFError) as err:
         raise CheckpointError(f"Cannot read the checkpoint in {directory}: {err}") from err
     return Checkpoint(directory, config, model_state, ema_state, trainer_state)
+
+
+def export_checkpoint(
+    source: str | Path, destination: str | Path, extra_config: dict[str, Any] | None = None
+) -> Path:
+    """Copy a checkpoint's weights (and EMA) without its trainer state: what ships.
+
+    ``extra_config`` entries (e.g. measured metrics, the command that trained it) are added
+    to ``config.json``. The result loads like any checkpoint but cannot be resumed.
+    """
+    checkpoint = load_checkpoint(source)
+    config = {
+        k: v
+        for k, v in checkpoint.config.items()
+        if k not in ("stage", "step", "format_version", "library_version", "saved_at", "files")
+    }
+    config.update(extra_config or {})
+    return save_checkpoint(
+        destination,
+        stage=checkpoint.stage,
+        config=config,
+        model_state=checkpoint.model_state,
+        ema_state=checkpoint.ema_state,
+        step=checkpoint.step,
+    )

@@ -281,3 +281,42 @@ def evaluate_autoencoder(
         result["fd_label"] = fd["label"]
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def checkpoint_card(
+    title: str, command: str, config: dict[str, Any], metrics: dict[str, Any], machine: str
+) -> str:
+    """The README.md card of a shipped autoencoder checkpoint."""
+    model, data = config["model"], config["data"]
+    train = config["train"]
+    lines = [
+        f"# {title}",
+        "",
+        f"- **Stage:** autoencoder ({model['kind'].upper()}-regularized), f = {model['f']}, "
+        f"latent {metrics['latent_shape']} (c, h, w)",
+        f"- **Data:** `{data['dataset']}` split `{data['split']}`, {data['image_size']}x"
+        f"{data['image_size']}, {model['in_channels']} channel(s)",
+        f"- **Trained with:** `{command}`",
+        f"- **Training:** {train['steps']} steps, batch {train['batch_size']}, on {machine}, "
+        f"{config['train_seconds'] / 60:.1f} min wall time",
+        f"- **Perceptual loss backbone:** {config.get('perceptual_backbone')}",
+        "",
+        f"## Measured on `{metrics['dataset']}` split `{metrics['split']}` ({metrics['n']:,} images)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| PSNR | {metrics['psnr']:.2f} dB |",
+        f"| SSIM | {metrics['ssim']:.4f} |",
+        f"| perceptual distance ({metrics['perceptual_backbone']}) | {metrics['perceptual']:.4f} |",
+    ]
+    if "fd" in metrics:
+        lines.append(
+            f"| {metrics['fd_label']} (reconstructions vs originals) | {metrics['fd']:.3f} |"
+        )
+    lines += [
+        f"| latent std (1 / latent scale factor) | {metrics['latent_std']:.4f} |",
+        "",
+        "Measured with `ldm-mini evaluate autoencoder --checkpoint <this folder> --json`.",
+        "",
+    ]
+    return "\n".join(lines)

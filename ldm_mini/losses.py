@@ -38,6 +38,17 @@ __all__ = [
 ]
 
 
+def l2_reconstruction(x: Tensor, reconstruction: Tensor) -> Tensor:
+    """Scalar mean squared error between images of the same shape (B, C, H, W)."""
+    if x.shape != reconstruction.shape:
+        raise ValueError(
+            f"x and reconstruction must have the same shape, got {tuple(x.shape)} "
+            f"and {tuple(reconstruction.shape)}."
+        )
+    # L_2 = mean (x - x~)^2
+    return ((x - reconstruction) ** 2).mean()
+
+
 def l1_reconstruction(x: Tensor, reconstruction: Tensor) -> Tensor:
     """Scalar mean absolute error between images of the same shape (B, C, H, W)."""
     if x.shape != reconstruction.shape:
@@ -177,6 +188,7 @@ class AutoencoderLossConfig:
     more relative to reconstruction than in CompVis (3072x for 3x32x32).
     """
 
+    pixel_loss: str = "l1"  # "l1" (the paper's) or "l2" (to see why L2 alone blurs)
     perceptual_weight: float = 1.0
     perceptual_backbone: str = "auto"
     perceptual_min_size: int = 64  # images are upsampled to this size before the backbone
@@ -191,6 +203,8 @@ class AutoencoderLossConfig:
         for name in ("perceptual_weight", "kl_weight", "vq_weight", "disc_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.pixel_loss not in ("l1", "l2"):
+            raise ValueError(f"pixel_loss must be 'l1' or 'l2', got {self.pixel_loss!r}.")
         if self.disc_start < 0:
             raise ValueError(f"disc_start must be >= 0, got {self.disc_start}.")
         if self.disc_layers < 1 or self.disc_base_channels < 1:
@@ -270,13 +284,14 @@ class AutoencoderLoss(nn.Module):
                 f"regularization must be a scalar (e.g. kl.mean()), got shape "
                 f"{tuple(regularization.shape)}."
             )
-        l1 = l1_reconstruction(x, reconstruction)
+        pixel_fn = l1_reconstruction if self.config.pixel_loss == "l1" else l2_reconstruction
+        pixel = pixel_fn(x, reconstruction)
         if self.perceptual is not None:
             perceptual = self.perceptual(x, reconstruction).mean()
         else:
             perceptual = torch.zeros((), device=x.device)
-        # L_rec = L_1 + w_p L_perc
-        rec_loss = l1 + self.config.perceptual_weight * perceptual
+        # L_rec = L_pixel + w_p L_perc   (L_pixel: L_1 as in the paper, or L_2)
+        rec_loss = pixel + self.config.perceptual_weight * perceptual
         # L = L_rec + w_reg L_reg
         loss = rec_loss + self.regularization_weight * regularization
 
@@ -296,7 +311,7 @@ class AutoencoderLoss(nn.Module):
 
         logs = {
             "loss": loss.item(),
-            "l1": l1.item(),
+            self.config.pixel_loss: pixel.item(),
             "perceptual": perceptual.item(),
             "regularization": regularization.item(),
             "gan": gan_loss.item(),

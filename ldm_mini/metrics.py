@@ -155,14 +155,17 @@ class EfficientNetFeatures(nn.Module):
 
     Input: float images (B, C, H, W) in [-1, 1], C in {1, 3} (grey is repeated to RGB), the
     package's convention, not torchmetrics' uint8 one. They are resized bilinearly to
-    ``image_size`` (default 224, the resolution EfficientNet-Lite0 was trained at, as FID resizes
-    to Inception's 299), then ``extract_features`` (after the 1x1 head conv, BN and ReLU6) is
-    averaged over space: (B, 1280). ``num_features`` tells torchmetrics the dimension.
+    ``image_size``; the default (None) is the input size clamped to [64, 224]: small course
+    images (32x32) are seen at 64x64, which costs about 1/12 of 224x224 on a CPU, and large
+    ones at 224 (the resolution EfficientNet-Lite0 was trained at). Then ``extract_features``
+    (after the 1x1 head conv, BN and ReLU6) is averaged over space: (B, 1280).
+    ``num_features`` tells torchmetrics the dimension. FD-EffNet values are comparable only
+    between sets of the same image size.
     """
 
     num_features = 1280
 
-    def __init__(self, image_size: int = 224):
+    def __init__(self, image_size: int | None = None):
         super().__init__()
         self.image_size = image_size
         self.network = load_efficientnet_lite0()
@@ -187,10 +190,11 @@ class EfficientNetFeatures(nn.Module):
             )
         if images.shape[1] == 1:
             images = repeat(images, "b 1 h w -> b c h w", c=3)
-        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+        size = self.image_size or min(224, max(64, max(images.shape[-2:])))
+        if tuple(images.shape[-2:]) != (size, size):
             images = F.interpolate(
                 images.float(),
-                size=(self.image_size, self.image_size),
+                size=(size, size),
                 mode="bilinear",
                 align_corners=False,
                 antialias=True,

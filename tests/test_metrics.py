@@ -207,3 +207,15 @@ def test_inception_is_chosen_when_package_and_weights_are_present(offline_hub, m
     assert inception_available()
     assert choose_feature_extractor("auto") == "inception"
     assert choose_feature_extractor("inception") == "inception"
+
+
+def test_effnet_features_default_resolution_follows_the_input(monkeypatch):
+    extractor = metrics.EfficientNetFeatures()
+    seen = []
+    original = extractor.network.extract_features
+    monkeypatch.setattr(
+        extractor.network, "extract_features", lambda x: seen.append(x.shape[-1]) or original(x)
+    )
+    for size in (32, 96, 320):
+        assert extractor(torch.zeros(1, 3, size, size)).shape == (1, 1280)
+    assert seen == [64, 96, 224]
