@@ -301,7 +301,8 @@ def checkpoint_card(
         f"{config['train_seconds'] / 60:.1f} min wall time",
         f"- **Perceptual loss backbone:** {config.get('perceptual_backbone')}",
         "",
-        f"## Measured on `{metrics['dataset']}` split `{metrics['split']}` ({metrics['n']:,} images)",
+        f"## Measured on `{metrics['dataset']}` split `{metrics['split']}` "
+        f"({metrics['n']:,} images)",
         "",
         "| metric | value |",
         "|---|---|",

@@ -21,3 +21,14 @@ def data_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         shutil.copy2(shard, target / "photos" / shard.name)
     monkeypatch.setenv(DATA_DIR_ENV, str(target))
     return target
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors run faster on one thread, and far faster when the cores are shared."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

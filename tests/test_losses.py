@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from synthetic import noisy, smooth_images
 from torch import nn
 
 from ldm_mini.losses import (
@@ -30,28 +31,7 @@ from ldm_mini.perceptual import (
     lpips_backbone_path,
 )
 
-
-def smooth_images(n: int, channels: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
-    """Seeded natural-ish images in [-1, 1]: bicubic upsampled 4x4 noise (smooth colour blobs)."""
-    generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, channels, 4, 4, generator=generator) * 2 - 1
-    return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(
-        -1, 1
-    )
-
-
-def noisy(images: torch.Tensor, sigma: float, seed: int = 1) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return (images + sigma * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors run faster on one thread, and far faster when the cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
