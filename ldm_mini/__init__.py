@@ -12,7 +12,22 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cli", "data", "environment", "viz")
+_SUBMODULES = (
+    "autoencoder",
+    "checkpoints",
+    "cli",
+    "configs",
+    "data",
+    "environment",
+    "first_stage",
+    "losses",
+    "metrics",
+    "network",
+    "perceptual",
+    "tour",
+    "train",
+    "viz",
+)
 
 __all__ = ["__version__", *_SUBMODULES]
 
