@@ -195,7 +195,12 @@ class AutoencoderLossConfig:
     kl_weight: float = 1e-6  # weight of the KL term (KL autoencoders)
     vq_weight: float = 1.0  # weight of the VQ codebook + commitment term (VQ autoencoders)
     disc_weight: float = 0.5
-    disc_start: int = 0  # step at which the adversarial terms switch on
+    disc_start: int = 0  # step at which the discriminator starts training
+    # steps after disc_start during which only D trains: the generator's GAN term starts at
+    # disc_start + disc_warmup, once D can tell reconstructions from images. Without it, a
+    # fresh D's gradient is noise that the adaptive weight scales up to the size of L_rec's.
+    disc_warmup: int = 0
+    max_adaptive_weight: float = 1e4  # clamp of lambda (CompVis: 1e4)
     disc_base_channels: int = 64
     disc_layers: int = 3
 
@@ -205,8 +210,13 @@ class AutoencoderLossConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.pixel_loss not in ("l1", "l2"):
             raise ValueError(f"pixel_loss must be 'l1' or 'l2', got {self.pixel_loss!r}.")
-        if self.disc_start < 0:
-            raise ValueError(f"disc_start must be >= 0, got {self.disc_start}.")
+        if self.disc_start < 0 or self.disc_warmup < 0:
+            raise ValueError(
+                f"disc_start and disc_warmup must be >= 0, got {self.disc_start}, "
+                f"{self.disc_warmup}."
+            )
+        if self.max_adaptive_weight <= 0:
+            raise ValueError(f"max_adaptive_weight must be > 0, got {self.max_adaptive_weight}.")
         if self.disc_layers < 1 or self.disc_base_channels < 1:
             raise ValueError("disc_layers and disc_base_channels must be >= 1.")
 
@@ -274,7 +284,8 @@ class AutoencoderLoss(nn.Module):
         Args:
             x, reconstruction: images (B, C, H, W) in [-1, 1].
             regularization: scalar KL (kind "kl") or VQ codebook + commitment loss (kind "vq").
-            step: global training step; the GAN term is on from ``config.disc_start``.
+            step: global training step; the GAN term is on from
+                ``config.disc_start + config.disc_warmup``.
             last_layer: weight of the decoder's final layer, for the adaptive weight lambda.
                 Without it lambda = 1 (the GAN term is weighted by ``disc_weight`` alone).
         """
@@ -297,14 +308,16 @@ class AutoencoderLoss(nn.Module):
 
         gan_loss = torch.zeros((), device=x.device)
         weight = torch.zeros((), device=x.device)
-        if step >= self.config.disc_start:
+        if step >= self.config.disc_start + self.config.disc_warmup:
             # D is frozen here: this step trains the autoencoder, D's own grads stay untouched
             with _frozen(self.discriminator):
                 gan_loss = generator_adversarial_loss(self.discriminator(reconstruction))
             if last_layer is None:
                 weight = torch.ones((), device=x.device)
             elif torch.is_grad_enabled() and rec_loss.requires_grad and gan_loss.requires_grad:
-                weight = adaptive_weight(rec_loss, gan_loss, last_layer)
+                weight = adaptive_weight(
+                    rec_loss, gan_loss, last_layer, max_weight=self.config.max_adaptive_weight
+                )
             # else (validation, no_grad): no gradients to balance, lambda = 0 as in CompVis
             # L += w_disc lambda L_GAN
             loss = loss + self.config.disc_weight * weight * gan_loss

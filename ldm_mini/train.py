@@ -31,6 +31,7 @@ from ldm_mini.checkpoints import CheckpointError, load_checkpoint, save_checkpoi
 from ldm_mini.environment import pick_device
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -46,6 +47,8 @@ class TrainConfig:
     )
     grad_clip: float | None = 1.0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant, or cosine: decay to min_lr_ratio * lr at the end
+    min_lr_ratio: float = 0.0
     log_every: int = 10
     sample_every: int = 500
     checkpoint_every: int = 500
@@ -56,6 +59,10 @@ class TrainConfig:
             raise ValueError(
                 f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("log_every", "sample_every", "checkpoint_every"):
@@ -301,8 +308,14 @@ class Trainer:
         return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
 
     def _set_learning_rates(self, step: int) -> float:
+        config = self.config
         # linear warmup: lr_s = lr * min(1, s / warmup_steps)
-        factor = min(1.0, step / self.config.warmup_steps) if self.config.warmup_steps else 1.0
+        factor = min(1.0, step / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.lr_schedule == "cosine" and step > config.warmup_steps:
+            # cosine decay after warmup: r + (1 - r) * (1 + cos(pi * progress)) / 2
+            progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+            ratio = config.min_lr_ratio
+            factor = ratio + (1.0 - ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         for name, optimizer in self.stage.optimizers().items():
             for group, base in zip(optimizer.param_groups, self.base_lrs[name], strict=True):
                 group["lr"] = base * factor

@@ -335,6 +335,29 @@ def test_generator_loss_after_disc_start_adds_the_weighted_gan_term():
     )
 
 
+def test_disc_warmup_delays_the_generator_gan_term_but_not_the_discriminator():
+    loss_module = make_loss(disc_start=10, disc_warmup=5, max_adaptive_weight=3.0)
+    decoder = TinyDecoder()
+    x = smooth_images(2, channels=1, seed=11)
+    reconstruction = decoder(torch.randn(2, 4, 32, 32))
+    # steps 10..14: D trains, the generator has no GAN term yet
+    _, logs = loss_module.generator_loss(
+        x, reconstruction, torch.tensor(0.0), 14, decoder.out.weight
+    )
+    assert logs["gan"] == 0.0 and logs["adaptive_weight"] == 0.0
+    d_loss, d_logs = loss_module.discriminator_loss(x, reconstruction, step=10)
+    assert d_loss.requires_grad and d_logs["disc_loss"] > 0
+    # from step 15 on the GAN term is on, lambda clamped to max_adaptive_weight
+    _, logs = loss_module.generator_loss(
+        x, reconstruction, torch.tensor(0.0), 15, decoder.out.weight
+    )
+    assert logs["gan"] != 0.0 and 0.0 < logs["adaptive_weight"] <= 3.0
+    with pytest.raises(ValueError, match="disc_warmup must be >= 0"):
+        AutoencoderLossConfig(disc_warmup=-1)
+    with pytest.raises(ValueError, match="max_adaptive_weight must be > 0"):
+        AutoencoderLossConfig(max_adaptive_weight=0.0)
+
+
 def test_discriminator_loss_is_a_connected_zero_before_start():
     loss_module = make_loss(disc_start=5)
     x = smooth_images(2, channels=1, seed=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,21 @@ def test_warmup_scales_the_learning_rate(tmp_path: Path):
     trainer.fit()
     assert [row["lr_factor"] for row in _losses(tmp_path)] == [0.25, 0.5, 0.75]
     assert stage.optimizers()["net"].param_groups[0]["lr"] == pytest.approx(0.75e-2)
+
+
+def test_cosine_schedule_after_warmup(tmp_path: Path):
+    stage = RegressionStage()
+    config = _config(6, warmup_steps=2, lr_schedule="cosine", min_lr_ratio=0.1)
+    Trainer(stage, VectorDataset(), config, tmp_path, progress=False).fit()
+    factors = [row["lr_factor"] for row in _losses(tmp_path)]
+    # warmup 0.5, 1.0; then 0.1 + 0.9 * (1 + cos(pi * k / 4)) / 2 for k = 1..4
+    expected = [0.5, 1.0] + [0.1 + 0.45 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3, 4)]
+    assert factors == pytest.approx(expected)
+    assert factors[-1] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        TrainConfig(min_lr_ratio=1.5)
 
 
 def test_precision_choice():

@@ -1,0 +1,47 @@
+"""The checkpoints in data/checkpoints: they load, their cards tell the truth, and they work."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldm_mini.data.bundled import data_dir
+from ldm_mini.first_stage import evaluate_autoencoder, load_autoencoder
+
+CHECKPOINTS = data_dir() / "checkpoints"
+SHIPPED = sorted(path for path in CHECKPOINTS.iterdir() if (path / "config.json").is_file())
+
+
+def test_every_shipped_checkpoint_is_listed_in_the_index():
+    index = (CHECKPOINTS / "README.md").read_text()
+    assert SHIPPED, "no shipped checkpoints found"
+    for path in SHIPPED:
+        assert f"`{path.name}/`" in index, f"{path.name} is missing from data/checkpoints/README.md"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[path.name for path in SHIPPED])
+def test_shipped_autoencoder_matches_its_card(path: Path, one_thread):
+    config = json.loads((path / "config.json").read_text())
+    assert config["stage"] == "autoencoder"
+    assert not (path / "trainer_state.pt").exists(), "shipped checkpoints carry no trainer state"
+    card = (path / "README.md").read_text()
+    measured = config["metrics"]
+    # the card prints the numbers stored in config.json
+    assert f"| PSNR | {measured['psnr']:.2f} dB |" in card
+    assert f"| SSIM | {measured['ssim']:.4f} |" in card
+    assert re.search(r"`ldm-mini train-autoencoder [^`]+`", card), "the card gives the command"
+    assert measured["n"] == 10_000 or measured["dataset"] != "fashion_mnist"
+
+    model, loaded = load_autoencoder(path)
+    assert loaded["model"] == config["model"]
+    torch.manual_seed(0)
+    # the weights are the ones that were measured: PSNR on the first 128 test images is close
+    # to the card's full-split value (a different or broken model would be far off)
+    subset = evaluate_autoencoder(path, limit=128, with_fd=False)
+    assert subset["latent_shape"] == measured["latent_shape"]
+    assert abs(subset["psnr"] - measured["psnr"]) < 1.5, (subset["psnr"], measured["psnr"])
+    assert abs(subset["ssim"] - measured["ssim"]) < 0.03
