@@ -4,18 +4,29 @@ Built in notebook 00_setup_and_data and used by every notebook after it. Images 
 torch tensor (N, C, H, W) or (C, H, W) with values in ``value_range`` (default [-1, 1], the
 range the models work in), a numpy array (N, H, W[, C]) of uint8, or a list of PIL images /
 tensors / arrays ((H, W) or (H, W, C) each). A 3-D numpy array is read as (N, H, W) grey.
+
+The diffusion pictures (:func:`plot_schedules`, :func:`noising_strip`, :func:`trajectory_grid`,
+:func:`plot_points_trajectory`, :func:`animate_trajectory`) are taught in notebooks
+``03_forward_diffusion`` and ``04_reverse_diffusion``. matplotlib and torch are imported inside
+the functions that need them, so importing this module stays light.
 """
 
 from __future__ import annotations
 
+import operator
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from einops import rearrange
+from einops import rearrange, repeat
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    from matplotlib.animation import FuncAnimation
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 # colours for objects 1, 2, ... in masks and boxes (tab10, as 0-255 RGB)
 OVERLAY_COLOURS = (
@@ -182,3 +193,479 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
+
+
+# --------------------------------------------------------------------------------------
+# Diffusion: schedules, noising strips, sampling trajectories, animations
+# --------------------------------------------------------------------------------------
+
+# SNR(t) is clipped to this range before the log in plot_schedules (abar_t = 0 gives SNR 0)
+SNR_DISPLAY_CLIP = (1e-10, 1e10)
+
+
+def _as_float_array(value: Any, name: str) -> np.ndarray:
+    """A torch tensor or an array-like of numbers -> float64 numpy array on the CPU."""
+    if _is_torch(value):
+        value = value.detach().cpu().double().numpy()
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"{name} must be a tensor or an array of numbers, got {type(value).__name__}"
+        ) from error
+
+
+def _nonempty_list(values: Any, name: str, what: str) -> list[Any]:
+    """A non-empty list or tuple as a list; anything else -> ValueError naming ``what``."""
+    if not isinstance(values, (list, tuple)) or len(values) == 0:
+        raise ValueError(f"{name} must be a non-empty list of {what}, got {_describe(values)}")
+    return list(values)
+
+
+def _describe(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"{type(value).__name__} of shape {tuple(shape)}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return type(value).__name__
+
+
+def _as_timesteps(timesteps: Any) -> list[int]:
+    """A non-empty sequence of integer timesteps t >= 0 -> list of Python ints."""
+    if timesteps is None or len(timesteps) == 0:
+        raise ValueError(
+            "timesteps is empty; give at least one integer timestep, e.g. [0, 250, 999]"
+        )
+    steps = []
+    for value in timesteps:
+        try:
+            step = operator.index(value)
+        except TypeError as error:
+            raise ValueError(f"timesteps must be integers, got {value!r}") from error
+        if step < 0:
+            raise ValueError(f"timesteps must be >= 0 (t runs over 0..T-1), got {step}")
+        steps.append(step)
+    return steps
+
+
+def _channels_to_show(num_channels: int, channels: int | Sequence[int] | None) -> tuple[list, bool]:
+    """Which channels to draw, and whether they make an image (grey or RGB) or one colour map."""
+    if channels is None:
+        selected = list(range(num_channels)) if num_channels in (1, 3) else [0]
+    elif isinstance(channels, int):
+        selected = [channels]
+    else:
+        selected = [int(channel) for channel in channels]
+    if len(selected) not in (1, 3):
+        raise ValueError(
+            f"channels must name 1 channel (shown as a colour map) or 3 (shown as RGB), "
+            f"got {selected}"
+        )
+    outside = [channel for channel in selected if not 0 <= channel < num_channels]
+    if outside:
+        raise ValueError(
+            f"channels {outside} do not exist: the input has {num_channels} channels "
+            f"(0..{num_channels - 1})"
+        )
+    as_image = len(selected) == 3 or num_channels == 1
+    return selected, as_image
+
+
+def _show_uint8(axis: Axes, image: np.ndarray) -> Any:
+    """imshow a uint8 (H, W, 1) or (H, W, 3) array, grey or RGB, with no axis decorations."""
+    axis.set_axis_off()
+    grey = image.shape[-1] == 1
+    return axis.imshow(
+        image[..., 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=255
+    )
+
+
+def _image_batches(batches: Any, name: str) -> list[np.ndarray]:
+    """A non-empty list of image batches (B, C, H, W), C in {1, 3}, all one shape -> arrays."""
+    arrays = [
+        _as_float_array(batch, f"{name}[{index}]")
+        for index, batch in enumerate(_nonempty_list(batches, name, "image batches (B, C, H, W)"))
+    ]
+    for index, array in enumerate(arrays):
+        if array.ndim != 4 or array.shape[0] == 0:
+            raise ValueError(
+                f"{name}[{index}] must be a non-empty image batch (B, C, H, W), "
+                f"got shape {array.shape}"
+            )
+        if array.shape != arrays[0].shape:
+            raise ValueError(
+                f"{name}[{index}] has shape {array.shape} but {name}[0] has {arrays[0].shape}; "
+                "every step must hold the same batch"
+            )
+    if arrays[0].shape[1] not in (1, 3):
+        raise ValueError(
+            f"{name} images have {arrays[0].shape[1]} channels; only 1 (grey) or 3 (RGB) can be "
+            "shown: decode latents with the first stage first, or pass [x[:, :1] for x in ...]"
+        )
+    return arrays
+
+
+def _points(value: Any, name: str) -> np.ndarray:
+    """A point cloud (N, 2), N >= 1 -> float64 array."""
+    array = _as_float_array(value, name)
+    if array.ndim != 2 or array.shape[1] != 2 or array.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty point cloud (N, 2), got shape {array.shape}")
+    return array
+
+
+def _evenly_spaced(length: int, n_columns: int) -> list[int]:
+    """min(n_columns, length) evenly spaced indices into 0..length-1, first and last included."""
+    if isinstance(n_columns, bool) or not isinstance(n_columns, int) or n_columns < 2:
+        raise ValueError(
+            f"n_columns must be an int >= 2 (the first and the last step), got {n_columns!r}"
+        )
+    count = min(n_columns, length)
+    # spacing (length-1)/(count-1) >= 1, so the rounded indices are distinct
+    return [int(i) for i in np.round(np.linspace(0, length - 1, count)).astype(int)]
+
+
+def _step_labels(length: int, timesteps: Sequence[int] | None) -> list[str]:
+    """Column titles: "t = ..." from ``timesteps``, else "step i".
+
+    ``timesteps`` may have one entry per trajectory step, or one fewer (a sampler's convention:
+    trajectory[i] is x_t at timesteps[i] and the last entry is the final sample).
+    """
+    if timesteps is None:
+        return [f"step {index}" for index in range(length)]
+    steps = [int(step) for step in timesteps]
+    if len(steps) == length:
+        return [f"t = {step}" for step in steps]
+    if len(steps) == length - 1:
+        return [f"t = {step}" for step in steps] + ["sample"]
+    raise ValueError(
+        f"timesteps has {len(steps)} entries for a trajectory of {length}; give one per step "
+        f"({length}) or one per model call ({length - 1}, the last entry being the sample)"
+    )
+
+
+def _square_limits(clouds: Sequence[np.ndarray], margin: float = 0.05) -> tuple[float, float]:
+    """One (low, high) range for both axes that holds every point of every cloud."""
+    stacked = np.concatenate([cloud[np.isfinite(cloud).all(axis=1)] for cloud in clouds])
+    if len(stacked) == 0:
+        return -1.0, 1.0
+    low, high = float(stacked.min()), float(stacked.max())
+    half = max(high - low, 1e-6) * (0.5 + margin)
+    middle = 0.5 * (low + high)
+    return middle - half, middle + half
+
+
+def plot_schedules(alphas_cumprod: Mapping[str, Any], axes: Sequence[Axes] | None = None) -> Figure:
+    """Signal rate, noise rate and log10 SNR of named noise schedules against t = 0..T-1.
+
+    ``alphas_cumprod`` maps a name to abar_t, a 1-D tensor or array (T,) with values in [0, 1].
+    Three panels, one curve per schedule in each: the signal rate sqrt(abar_t), the noise rate
+    sqrt(1 - abar_t) (x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps) and
+    log10 SNR(t) = log10(abar_t / (1 - abar_t)). A zero-terminal-SNR schedule has abar = 0 at its
+    last step, where log10 SNR is -inf: for display the SNR is clipped to ``SNR_DISPLAY_CLIP``
+    (1e-10 .. 1e10), so such a curve ends in a drop to -10 instead of leaving the plot.
+    ``axes``: three matplotlib axes to draw into; None makes a new figure (12 x 3.4 inches).
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(alphas_cumprod, Mapping) or len(alphas_cumprod) == 0:
+        raise ValueError(
+            "alphas_cumprod must be a non-empty dict {name: alphas_cumprod (T,)}, "
+            f"got {_describe(alphas_cumprod)}"
+        )
+    curves = {}
+    for name, values in alphas_cumprod.items():
+        abar = _as_float_array(values, f"alphas_cumprod[{name!r}]")
+        if abar.ndim != 1 or abar.size == 0:
+            raise ValueError(f"alphas_cumprod[{name!r}] must be 1-D (T,), got shape {abar.shape}")
+        if not np.isfinite(abar).all() or abar.min() < 0 or abar.max() > 1:
+            raise ValueError(
+                f"alphas_cumprod[{name!r}] must lie in [0, 1] (products of 1 - beta_t), "
+                f"got values in [{np.nanmin(abar):.3g}, {np.nanmax(abar):.3g}]"
+            )
+        curves[str(name)] = abar
+    if axes is None:
+        figure, created = plt.subplots(1, 3, figsize=(12, 3.4))
+        axes = list(created)
+    else:
+        axes = list(np.asarray(axes, dtype=object).ravel())
+        if len(axes) != 3:
+            raise ValueError(f"axes must be 3 matplotlib axes (one per panel), got {len(axes)}")
+        figure = axes[0].figure
+    for name, abar in curves.items():
+        steps = np.arange(len(abar))
+        # signal rate sqrt(abar_t), noise rate sqrt(1 - abar_t)
+        axes[0].plot(steps, np.sqrt(abar), label=name)
+        axes[1].plot(steps, np.sqrt(1.0 - abar), label=name)
+        # SNR(t) = abar_t / (1 - abar_t); abar_t = 1 gives inf, clipped like 0 for display
+        with np.errstate(divide="ignore"):
+            snr = abar / (1.0 - abar)
+        axes[2].plot(steps, np.log10(np.clip(snr, *SNR_DISPLAY_CLIP)), label=name)
+    titles = (
+        r"signal rate $\sqrt{\bar\alpha_t}$",
+        r"noise rate $\sqrt{1-\bar\alpha_t}$",
+        r"$\log_{10}\,\mathrm{SNR}(t)$",
+    )
+    for axis, title in zip(axes, titles, strict=True):
+        axis.set_title(title)
+        axis.set_xlabel("t")
+        axis.grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
+    if len(figure.axes) == 3:
+        figure.tight_layout()
+    return figure
+
+
+def noising_strip(
+    x0: Any,
+    schedule: Any,
+    timesteps: Sequence[int],
+    generator: Any = None,
+    channels: int | Sequence[int] | None = None,
+    scale: float = 1.6,
+) -> Figure:
+    """One image (or latent) noised to each timestep, left to right, titled "t = ...".
+
+    ``x0``: a tensor (C, H, W), images in [-1, 1]. ``schedule``: anything with
+    ``q_sample(x0, t, noise=None, generator=None)`` taking x0 (B, ...) and a LongTensor t (B,),
+    such as :class:`ldm_mini.diffusion.NoiseSchedule`. One noise eps ~ N(0, I) is drawn (with
+    ``generator``) and used for every t, so the strip shows the same noise growing.
+    ``channels``: None shows a 1- or 3-channel input as a grey or RGB image (clamped to
+    [-1, 1]) and any other input (a latent) as its first channel in a diverging colour map with
+    one symmetric scale for the whole strip; an int or a list of 1 channel picks the channel for
+    that map, a list of 3 channels shows them as RGB.
+    """
+    import matplotlib.pyplot as plt
+    import torch
+
+    if not _is_torch(x0) or x0.ndim != 3:
+        raise ValueError(f"x0 must be one image, a tensor (C, H, W), got {_describe(x0)}")
+    if not callable(getattr(schedule, "q_sample", None)):
+        raise TypeError(
+            f"schedule must have a q_sample(x0, t, noise=None) method (e.g. a NoiseSchedule), "
+            f"got {type(schedule).__name__}"
+        )
+    steps = _as_timesteps(timesteps)
+    selected, as_image = _channels_to_show(x0.shape[0], channels)
+    x0 = x0.detach().float()
+    # one draw eps ~ N(0, I), shared by every t
+    noise_device = generator.device if generator is not None else x0.device
+    noise = torch.randn(x0.shape, generator=generator, device=noise_device).to(x0.device)
+    batch = repeat(x0, "c h w -> k c h w", k=len(steps))
+    t = torch.tensor(steps, dtype=torch.long, device=x0.device)
+    with torch.no_grad():
+        # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
+        noisy = schedule.q_sample(batch, t, noise=repeat(noise, "c h w -> k c h w", k=len(steps)))
+    if tuple(noisy.shape) != tuple(batch.shape):
+        raise ValueError(
+            f"schedule.q_sample returned shape {tuple(noisy.shape)}, expected {tuple(batch.shape)}"
+        )
+    pictures = noisy.detach().cpu().float().numpy()[:, selected]
+    count = len(steps)
+    figure, axes = plt.subplots(1, count, figsize=(scale * count, scale + 0.5), squeeze=False)
+    if as_image:
+        images = _tensor_to_uint8(rearrange(pictures, "k c h w -> k h w c"), (-1.0, 1.0))
+        for axis, step, image in zip(axes[0], steps, images, strict=True):
+            _show_uint8(axis, image)
+            axis.set_title(f"t = {step}", fontsize=9)
+    else:
+        limit = float(np.abs(pictures).max()) or 1.0
+        for axis, step, picture in zip(axes[0], steps, pictures, strict=True):
+            axis.set_axis_off()
+            axis.imshow(picture[0], cmap="RdBu_r", vmin=-limit, vmax=limit)
+            axis.set_title(f"t = {step}", fontsize=9)
+        figure.suptitle(f"channel {selected[0]}, colour scale ±{limit:.2f}", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def trajectory_grid(
+    trajectory: Sequence[Any],
+    timesteps: Sequence[int] | None = None,
+    x0_predictions: Sequence[Any] | None = None,
+    n_images: int = 8,
+    n_columns: int = 10,
+    scale: float = 1.0,
+) -> Figure:
+    """A sampling trajectory as a grid: rows = images of the batch, columns = steps.
+
+    ``trajectory``: list of image batches (B, C, H, W), C in {1, 3}, roughly in [-1, 1] (clamped
+    for display), first x_T, last the sample. The columns are ``min(n_columns, len)`` evenly
+    spaced steps, always the first and the last; each column is one axes holding the first
+    ``n_images`` images stacked. ``timesteps`` titles the columns (see ``_step_labels``: one per
+    step, or one per model call as in a sampler's output). ``x0_predictions`` (one per step, or
+    one per model call, aligned with the start of ``trajectory``) adds a second block of rows
+    with the predicted x_0 at the same steps; a column without a prediction stays blank.
+    """
+    import matplotlib.pyplot as plt
+
+    states = _image_batches(trajectory, "trajectory")
+    length = len(states)
+    blocks = [("x_t", states)]
+    if x0_predictions is not None:
+        predictions = _image_batches(x0_predictions, "x0_predictions")
+        if len(predictions) not in (length, length - 1):
+            raise ValueError(
+                f"x0_predictions has {len(predictions)} entries for a trajectory of {length}; "
+                f"give one per step ({length}) or one per model call ({length - 1})"
+            )
+        if predictions[0].shape != states[0].shape:
+            raise ValueError(
+                f"x0_predictions have shape {predictions[0].shape} but the trajectory has "
+                f"{states[0].shape}"
+            )
+        blocks.append(("predicted x_0", predictions))
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise ValueError(f"n_images must be an int >= 1, got {n_images!r}")
+    columns = _evenly_spaced(length, n_columns)
+    labels = _step_labels(length, timesteps)
+    shown = min(n_images, states[0].shape[0])
+    height, width = states[0].shape[-2:]
+    cell_height = scale * shown * height / width
+    figure, axes = plt.subplots(
+        len(blocks),
+        len(columns),
+        figsize=(scale * len(columns), cell_height * len(blocks) + 0.4),
+        squeeze=False,
+    )
+    for row, (name, batches) in enumerate(blocks):
+        for column, index in enumerate(columns):
+            axis = axes[row, column]
+            axis.set_axis_off()
+            if index < len(batches):
+                strip = rearrange(batches[index][:shown], "n c h w -> n h w c")
+                _show_uint8(axis, make_grid(strip, ncols=1, padding=1))
+            if row == 0:
+                axis.set_title(labels[index], fontsize=8)
+        axes[row, 0].text(
+            -0.08,
+            0.5,
+            name,
+            rotation=90,
+            ha="right",
+            va="center",
+            transform=axes[row, 0].transAxes,
+            fontsize=9,
+        )
+    figure.tight_layout()
+    return figure
+
+
+def plot_points_trajectory(
+    trajectory: Sequence[Any],
+    data: Any = None,
+    n_columns: int = 6,
+    timesteps: Sequence[int] | None = None,
+    scale: float = 2.2,
+) -> Figure:
+    """A 2-D sampling trajectory: one scatter per column, evenly spaced steps, first and last.
+
+    ``trajectory``: list of point clouds (N, 2), first x_T, last the sample. ``data``: the true
+    points (M, 2), drawn in grey behind every panel. All panels share one square range, so the
+    noise visibly contracts onto the data. ``timesteps`` titles the columns as in
+    :func:`trajectory_grid`.
+    """
+    import matplotlib.pyplot as plt
+
+    clouds = [
+        _points(cloud, f"trajectory[{index}]")
+        for index, cloud in enumerate(_nonempty_list(trajectory, "trajectory", "(N, 2) clouds"))
+    ]
+    reference = None if data is None else _points(data, "data")
+    columns = _evenly_spaced(len(clouds), n_columns)
+    labels = _step_labels(len(clouds), timesteps)
+    shown = [clouds[index] for index in columns]
+    low, high = _square_limits(shown + ([] if reference is None else [reference]))
+    figure, axes = plt.subplots(
+        1, len(columns), figsize=(scale * len(columns), scale + 0.3), squeeze=False
+    )
+    for axis, index, cloud in zip(axes[0], columns, shown, strict=True):
+        if reference is not None:
+            axis.scatter(reference[:, 0], reference[:, 1], s=2, color="0.8", linewidths=0)
+        axis.scatter(cloud[:, 0], cloud[:, 1], s=2, color="C0", linewidths=0)
+        axis.set(xlim=(low, high), ylim=(low, high), xticks=[], yticks=[], aspect="equal")
+        axis.set_title(labels[index], fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def animate_trajectory(
+    frames: Sequence[Any],
+    path: str | Path | None = None,
+    fps: int = 10,
+    titles: Sequence[str] | None = None,
+    data: Any = None,
+    scale: float = 4.0,
+) -> FuncAnimation:
+    """An animation of a trajectory; saved as a GIF when ``path`` ends in ``.gif``.
+
+    ``frames``: all image batches (B, C, H, W), C in {1, 3}, in [-1, 1] (each frame one grid,
+    :func:`make_grid`), or all point clouds (N, 2) (a scatter with fixed axis limits covering
+    every frame; ``data`` (M, 2) is drawn in grey behind). ``titles``: one per frame (default
+    "frame i / n"). The figure is closed before returning, so a notebook shows only the
+    animation: ``IPython.display.HTML(animation_html(anim))``. Pillow merges identical
+    consecutive frames of a GIF into one; the default titles keep every frame distinct.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    frames = _nonempty_list(frames, "frames", "image batches (B, C, H, W) or clouds (N, 2)")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or fps <= 0:
+        raise ValueError(f"fps must be a positive number of frames per second, got {fps!r}")
+    if titles is not None and len(titles) != len(frames):
+        raise ValueError(f"{len(frames)} frames but {len(titles)} titles; give one per frame")
+    target = None if path is None else Path(path)
+    if target is not None and target.suffix.lower() != ".gif":
+        raise ValueError(
+            f"can only save a .gif (PillowWriter), got {str(path)!r}; "
+            "use path=None and animation_html(anim) to show it in a notebook"
+        )
+    arrays = [_as_float_array(frame, f"frames[{index}]") for index, frame in enumerate(frames)]
+    count = len(arrays)
+    labels = [str(title) for title in titles] if titles is not None else None
+    labels = labels or [f"frame {index + 1} / {count}" for index in range(count)]
+
+    if all(array.ndim == 2 and array.shape[1] == 2 and len(array) > 0 for array in arrays):
+        reference = None if data is None else _points(data, "data")
+        low, high = _square_limits(arrays + ([] if reference is None else [reference]))
+        figure, axis = plt.subplots(figsize=(scale, scale))
+        if reference is not None:
+            axis.scatter(reference[:, 0], reference[:, 1], s=3, color="0.8", linewidths=0)
+        artist = axis.scatter(arrays[0][:, 0], arrays[0][:, 1], s=3, color="C0", linewidths=0)
+        axis.set(xlim=(low, high), ylim=(low, high), xticks=[], yticks=[], aspect="equal")
+
+        def draw(index: int) -> tuple:
+            artist.set_offsets(arrays[index])
+            axis.set_title(labels[index], fontsize=10)
+            return (artist,)
+
+    elif all(array.ndim == 4 for array in arrays):
+        batches = _image_batches(arrays, "frames")
+        grids = [make_grid(rearrange(batch, "n c h w -> n h w c")) for batch in batches]
+        height, width = grids[0].shape[:2]
+        figure, axis = plt.subplots(figsize=(scale, scale * height / width + 0.4))
+        artist = _show_uint8(axis, grids[0])
+
+        def draw(index: int) -> tuple:
+            grid = grids[index]
+            artist.set_data(grid[..., 0] if grid.shape[-1] == 1 else grid)
+            axis.set_title(labels[index], fontsize=10)
+            return (artist,)
+
+    else:
+        shapes = sorted({array.shape for array in arrays})[:4]
+        raise ValueError(
+            f"frames must be all image batches (B, C, H, W) or all point clouds (N, 2); "
+            f"got shapes {shapes}"
+        )
+    animation = FuncAnimation(figure, draw, frames=count, interval=1000.0 / fps, blit=False)
+    plt.close(figure)  # the animation keeps the figure; closing it avoids a stray static copy
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        animation.save(target, writer=PillowWriter(fps=fps))
+    return animation
+
+
+def animation_html(animation: FuncAnimation) -> str:
+    """An animation as self-contained HTML with play controls (``IPython.display.HTML(...)``)."""
+    return animation.to_jshtml()

@@ -1,0 +1,268 @@
+"""2-D toy data and a tiny denoiser. Taught in notebook ``04_reverse_diffusion``.
+
+Before diffusing images, notebook 04 learns diffusion where everything is visible: points in
+the plane. A :class:`ToyDenoiser` (an MLP on the point and a sinusoidal embedding of t) learns
+eps_theta(x_t, t) on a :func:`spiral` or :func:`two_moons` in about a minute on a CPU, and
+:func:`sliced_wasserstein` (or :func:`energy_distance`) measures how far the generated points
+are from the true ones, which makes the trade-off between sampling steps and quality a curve.
+
+Point clouds are tensors (N, 2); the data sets are normalised to zero mean and unit standard
+deviation per coordinate, the scale at which the forward process x_t = sqrt(abar_t) x_0 +
+sqrt(1 - abar_t) eps is designed to work.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+__all__ = [
+    "ToyDenoiser",
+    "energy_distance",
+    "sinusoidal_embedding",
+    "sliced_wasserstein",
+    "spiral",
+    "two_moons",
+]
+
+# spiral: angle theta ~ U[SPIRAL_START, SPIRAL_END] (one and a half turns), point theta (cos, sin)
+SPIRAL_START, SPIRAL_END = 1.5 * math.pi, 4.5 * math.pi
+
+
+def _spiral_moments() -> tuple[float, float, float, float]:
+    """Exact mean and std of (theta cos theta, theta sin theta), theta ~ U[start, end]."""
+    start, end = SPIRAL_START, SPIRAL_END
+    length = end - start
+
+    # antiderivatives: int t cos t = t sin t + cos t;  int t sin t = -t cos t + sin t
+    def between(f):
+        return f(end) - f(start)
+
+    mean_x = between(lambda t: t * math.sin(t) + math.cos(t)) / length
+    mean_y = between(lambda t: -t * math.cos(t) + math.sin(t)) / length
+    # t^2 cos^2 t = t^2 / 2 + t^2 cos(2t) / 2, and t^2 sin^2 t = t^2 / 2 - t^2 cos(2t) / 2, with
+    # int t^2 cos 2t = t^2 sin(2t) / 2 + t cos(2t) / 2 - sin(2t) / 4
+    cubic = between(lambda t: t**3 / 6)
+    oscillating = between(
+        lambda t: t**2 * math.sin(2 * t) / 2 + t * math.cos(2 * t) / 2 - math.sin(2 * t) / 4
+    )
+    second_x = (cubic + oscillating / 2) / length
+    second_y = (cubic - oscillating / 2) / length
+    # std = sqrt(E[x^2] - E[x]^2)
+    return mean_x, mean_y, math.sqrt(second_x - mean_x**2), math.sqrt(second_y - mean_y**2)
+
+
+SPIRAL_MEAN_X, SPIRAL_MEAN_Y, SPIRAL_STD_X, SPIRAL_STD_Y = _spiral_moments()
+
+# two moons (upper: (cos a, sin a); lower: (1 - cos a, 1/2 - sin a), a ~ U[0, pi], half each):
+# E[x] = 1/2, E[y] = 1/4, Var[x] = 3/4, Var[y] = 9/16 - 1/pi
+MOONS_MEAN_X, MOONS_MEAN_Y = 0.5, 0.25
+MOONS_STD_X, MOONS_STD_Y = math.sqrt(0.75), math.sqrt(9 / 16 - 1 / math.pi)
+
+
+def _check_count(n: int, noise: float) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (the number of points) must be an int >= 1, got {n!r}")
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0 (a standard deviation), got {noise!r}")
+
+
+def spiral(n: int, generator: torch.Generator | None = None, noise: float = 0.05) -> Tensor:
+    """``n`` points on a spiral, a float32 tensor (n, 2), zero mean and std ~1 per coordinate.
+
+    theta ~ U[1.5 pi, 4.5 pi], point = theta (cos theta, sin theta), normalised with the exact
+    mean and std of that distribution, plus Gaussian ``noise`` (std, in normalised units).
+    The same ``generator`` state gives the same points.
+    """
+    _check_count(n, noise)
+    uniform = torch.rand(n, generator=generator, dtype=torch.float64)
+    theta = SPIRAL_START + (SPIRAL_END - SPIRAL_START) * uniform
+    x = (theta * torch.cos(theta) - SPIRAL_MEAN_X) / SPIRAL_STD_X
+    y = (theta * torch.sin(theta) - SPIRAL_MEAN_Y) / SPIRAL_STD_Y
+    points = torch.stack([x, y], dim=1)
+    points = points + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    return points.float()
+
+
+def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0.05) -> Tensor:
+    """``n`` points on two interleaved half circles, float32 (n, 2), zero mean, std ~1.
+
+    As scikit-learn's ``make_moons`` but with random angles: n // 2 points on the upper moon
+    (cos a, sin a), the rest on the lower moon (1 - cos a, 1/2 - sin a), a ~ U[0, pi], in a
+    random order, normalised with the exact mean and std, plus Gaussian ``noise`` (std, in
+    normalised units). The same ``generator`` state gives the same points.
+    """
+    _check_count(n, noise)
+    angle = math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
+    upper = torch.arange(n) < n // 2
+    x = torch.where(upper, torch.cos(angle), 1 - torch.cos(angle))
+    y = torch.where(upper, torch.sin(angle), 0.5 - torch.sin(angle))
+    points = torch.stack([(x - MOONS_MEAN_X) / MOONS_STD_X, (y - MOONS_MEAN_Y) / MOONS_STD_Y], 1)
+    points = points[torch.randperm(n, generator=generator)]
+    points = points + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    return points.float()
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal timestep embedding (Transformer / DDPM): t (B,) -> float32 (B, dim).
+
+    With half = dim / 2 and frequencies w_i = max_period^(-i / half), i = 0..half-1, the
+    embedding is [cos(t w_0), ..., cos(t w_{half-1}), sin(t w_0), ..., sin(t w_{half-1})]
+    (the order of guided-diffusion's ``timestep_embedding``). ``dim`` must be even; t may be
+    integer or fractional.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
+        raise ValueError(f"dim must be an even int >= 2, got {dim!r}")
+    if not torch.is_tensor(t) or t.ndim != 1:
+        raise ValueError(f"t must be a 1-D tensor (B,) of timesteps, got {_shape_of(t)}")
+    half = dim // 2
+    # w_i = exp(-ln(max_period) i / half)
+    frequencies = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
+    # angle_{b,i} = t_b w_i
+    angles = rearrange(t.float(), "b -> b 1") * rearrange(frequencies, "i -> 1 i")
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def _shape_of(value: object) -> str:
+    shape = getattr(value, "shape", None)
+    return f"shape {tuple(shape)}" if shape is not None else type(value).__name__
+
+
+class ToyDenoiser(nn.Module):
+    """An MLP eps_theta(x_t, t) for 2-D points: concat(x_t, embedding(t)) -> (B, 2).
+
+    ``hidden`` units in each of ``depth`` hidden layers with SiLU; ``embedding_dim`` sinusoidal
+    features of t (:func:`sinusoidal_embedding`). ``num_timesteps`` (T) is only used to check
+    that t lies in [0, T). The output is whatever the schedule's parameterization asks for
+    (eps by default); it has the shape of x.
+    """
+
+    def __init__(
+        self,
+        hidden: int = 128,
+        depth: int = 3,
+        embedding_dim: int = 32,
+        num_timesteps: int = 1000,
+    ) -> None:
+        super().__init__()
+        if hidden < 1 or depth < 1:
+            raise ValueError(f"hidden and depth must be >= 1, got hidden={hidden}, depth={depth}")
+        if embedding_dim < 2 or embedding_dim % 2:
+            raise ValueError(f"embedding_dim must be an even int >= 2, got {embedding_dim}")
+        self.embedding_dim = embedding_dim
+        self.num_timesteps = num_timesteps
+        layers: list[nn.Module] = []
+        width_in = 2 + embedding_dim
+        for _ in range(depth):
+            layers += [nn.Linear(width_in, hidden), nn.SiLU()]
+            width_in = hidden
+        layers.append(nn.Linear(hidden, 2))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """x (B, 2) float, t (B,) integer timesteps in [0, T) -> (B, 2)."""
+        if x.ndim != 2 or x.shape[1] != 2:
+            raise ValueError(f"x must be points (B, 2), got shape {tuple(x.shape)}")
+        if not torch.is_tensor(t) or t.shape != (x.shape[0],):
+            raise ValueError(
+                f"t must be a tensor (B,) = ({x.shape[0]},) of timesteps, got {_shape_of(t)}"
+            )
+        if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"t must hold integer timesteps (a LongTensor), got dtype {t.dtype}")
+        if len(t) and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
+            raise ValueError(
+                f"timesteps must lie in [0, {self.num_timesteps}), got values in "
+                f"[{int(t.min())}, {int(t.max())}]"
+            )
+        embedding = sinusoidal_embedding(t, self.embedding_dim).to(x.dtype)
+        return self.net(torch.cat([x, embedding], dim=1))
+
+
+def _point_clouds(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Two clouds (N, D) and (M, D) -> float64 CPU tensors; bad shapes -> ValueError."""
+    for name, cloud in (("a", a), ("b", b)):
+        if not torch.is_tensor(cloud) or cloud.ndim != 2 or cloud.shape[0] == 0:
+            raise ValueError(
+                f"{name} must be a non-empty point cloud (N, D), got {_shape_of(cloud)}"
+            )
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"a and b must have the same dimension D, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    a, b = a.detach().cpu().double(), b.detach().cpu().double()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise ValueError("a and b must be finite (no NaN or inf); a diverged sampler gives NaNs")
+    return a, b
+
+
+def sliced_wasserstein(
+    a: Tensor,
+    b: Tensor,
+    n_projections: int = 256,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Sliced Wasserstein-2 distance between point clouds a (N, D) and b (M, D), as a float.
+
+    SW_2(a, b) = sqrt(E_theta[W_2^2(theta . a, theta . b)]) over unit directions theta, estimated
+    with ``n_projections`` random directions. In 1-D, W_2^2 = int_0^1 (F_a^-1(q) - F_b^-1(q))^2 dq
+    with F^-1 the quantile functions: sort both projections and compare them level by level;
+    for N != M the two step-shaped quantile functions are compared exactly on the merged grid of
+    levels {i/N} and {j/M}. ``generator=None`` uses a fixed seed (0), so repeated calls use the
+    same directions and their results can be compared.
+    """
+    a, b = _point_clouds(a, b)
+    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
+        raise ValueError(f"n_projections must be an int >= 1, got {n_projections!r}")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    # theta ~ uniform on the unit sphere: normalised Gaussian vectors, (D, P)
+    directions = torch.randn(a.shape[1], n_projections, generator=generator, dtype=torch.float64)
+    directions = directions / directions.norm(dim=0, keepdim=True)
+    sorted_a = torch.sort(a @ directions, dim=0).values  # (N, P)
+    sorted_b = torch.sort(b @ directions, dim=0).values  # (M, P)
+    count_a, count_b = len(sorted_a), len(sorted_b)
+    if count_a == count_b:
+        # equal sizes: the quantile functions step together, W_2^2 = mean_i (a_(i) - b_(i))^2
+        return float(((sorted_a - sorted_b) ** 2).mean().sqrt())
+    # merged levels q_k (ends of the constant pieces of both quantile functions), 0 < q_k <= 1
+    levels = torch.cat(
+        [
+            torch.arange(1, count_a + 1, dtype=torch.float64) / count_a,
+            torch.arange(1, count_b + 1, dtype=torch.float64) / count_b,
+        ]
+    ).unique()
+    widths = torch.diff(levels, prepend=levels.new_zeros(1))
+    middles = levels - widths / 2
+    # F^-1(q) = sorted[ceil(q N) - 1] = sorted[floor(q N)] inside a piece
+    index_a = (middles * count_a).floor().long().clamp(max=count_a - 1)
+    index_b = (middles * count_b).floor().long().clamp(max=count_b - 1)
+    squared = (sorted_a[index_a] - sorted_b[index_b]) ** 2  # (K, P)
+    # W_2^2 per direction = sum_k width_k (F_a^-1 - F_b^-1)^2; SW_2 = sqrt(mean over directions)
+    per_direction = (rearrange(widths, "k -> k 1") * squared).sum(dim=0)
+    return float(per_direction.mean().sqrt())
+
+
+def _mean_distance(a: Tensor, b: Tensor, block: int = 1024) -> Tensor:
+    """E |a_i - b_j| over all pairs, in row blocks so memory stays O(block * M)."""
+    total = a.new_zeros(())
+    for start in range(0, len(a), block):
+        total = total + torch.cdist(a[start : start + block], b).sum()
+    return total / (len(a) * len(b))
+
+
+def energy_distance(a: Tensor, b: Tensor) -> float:
+    """Energy distance between point clouds a (N, D) and b (M, D), as a float.
+
+    D(a, b) = sqrt(2 E|X - Y| - E|X - X'| - E|Y - Y'|) (Szekely), X, X' from a and Y, Y' from
+    b, each expectation the mean over all pairs (including i = j, the V-statistic, so it is
+    never negative). O(N M) distances: fine for a few thousand points.
+    """
+    a, b = _point_clouds(a, b)
+    # D^2 = 2 E|X - Y| - E|X - X'| - E|Y - Y'|
+    squared = 2 * _mean_distance(a, b) - _mean_distance(a, a) - _mean_distance(b, b)
+    return float(squared.clamp(min=0).sqrt())
