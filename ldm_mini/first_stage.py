@@ -123,6 +123,10 @@ class AutoencoderStage(TrainingStage):
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model, "discriminator": self.loss_fn.discriminator}
 
+    def frozen_modules(self) -> dict[str, torch.nn.Module]:
+        perceptual = self.loss_fn.perceptual
+        return {} if perceptual is None else {"perceptual": perceptual}
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._optimizers
 

@@ -99,6 +99,11 @@ class TrainingStage:
         """Every module whose state a resume needs (trainable or not)."""
         raise NotImplementedError
 
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """Modules the stage uses but never trains or saves (e.g. a perceptual backbone): the
+        engine only moves them to the training device."""
+        return {}
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The optimizers, in the order they step within one training step."""
         raise NotImplementedError
@@ -220,7 +225,7 @@ class Trainer:
         self.progress = progress
         self.device = pick_device(None if config.device == "auto" else config.device)
         self.precision = resolve_precision(config.precision, self.device)
-        for module in stage.modules().values():
+        for module in [*stage.modules().values(), *stage.frozen_modules().values()]:
             module.to(self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.step = 0
