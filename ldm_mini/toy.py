@@ -1,10 +1,14 @@
-"""2-D toy data and a tiny denoiser. Taught in notebook ``04_reverse_diffusion``.
+"""2-D toy data, a tiny denoiser and an exact Gaussian one. Taught in ``04_reverse_diffusion``.
 
 Before diffusing images, notebook 04 learns diffusion where everything is visible: points in
 the plane. A :class:`ToyDenoiser` (an MLP on the point and a sinusoidal embedding of t) learns
 eps_theta(x_t, t) on a :func:`spiral` or :func:`two_moons` in about a minute on a CPU, and
 :func:`sliced_wasserstein` (or :func:`energy_distance`) measures how far the generated points
 are from the true ones, which makes the trade-off between sampling steps and quality a curve.
+
+For images, :class:`GaussianDenoiser` is the exact optimal eps-predictor E[eps | x_t] when the
+data are Gaussian, N(mu, Sigma), with mu and Sigma fitted to a data set: no training, so every
+sampler can run on images (or latents) before the U-Net of notebook ``05_unet`` exists.
 
 Point clouds are tensors (N, 2); the data sets are normalised to zero mean and unit standard
 deviation per coordinate, the scale at which the forward process x_t = sqrt(abar_t) x_0 +
@@ -14,12 +18,16 @@ sqrt(1 - abar_t) eps is designed to work.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from ldm_mini.diffusion import NoiseSchedule
+
 __all__ = [
+    "GaussianDenoiser",
     "ToyDenoiser",
     "energy_distance",
     "sinusoidal_embedding",
@@ -181,6 +189,168 @@ class ToyDenoiser(nn.Module):
             )
         embedding = sinusoidal_embedding(t, self.embedding_dim).to(x.dtype)
         return self.net(torch.cat([x, embedding], dim=1))
+
+
+class GaussianDenoiser(nn.Module):
+    """The exact optimal eps-predictor for Gaussian data x_0 ~ N(mu, Sigma), of any shape.
+
+    Since x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps is jointly Gaussian with eps, the
+    minimiser of E||eps - eps_theta(x_t, t)||^2 is linear in x_t:
+
+        E[eps | x_t] = sqrt(1 - abar_t) (abar_t Sigma + (1 - abar_t) I)^{-1}
+                       (x_t - sqrt(abar_t) mu),
+
+    computed in the eigenbasis of Sigma = V diag(lambda) V^T, where the inverse is a division by
+    abar_t lambda_i + 1 - abar_t. Sampling with it (any sampler) draws from N(mu, Sigma) up to
+    the sampler's discretisation error: the best any model can do if the data were Gaussian.
+
+    Build it with :meth:`fit`. Samples are (B, *sample_shape), flattened internally to
+    D = prod(sample_shape) dimensions. The buffers ``mean`` (D,), ``eigenvalues`` (D,) ascending,
+    ``eigenvectors`` (D, D, one per column) and ``alphas_cumprod`` (T,) are float64; the output
+    has the dtype and device of x_t. (``module.float()`` makes it float32, e.g. for MPS.)
+    """
+
+    def __init__(
+        self,
+        mean: Tensor,
+        eigenvalues: Tensor,
+        eigenvectors: Tensor,
+        alphas_cumprod: Tensor,
+        sample_shape: tuple[int, ...],
+    ) -> None:
+        super().__init__()
+        dims = math.prod(sample_shape)
+        if mean.shape != (dims,) or eigenvalues.shape != (dims,):
+            raise ValueError(
+                f"mean and eigenvalues must have shape (D,) = ({dims},) for samples of shape "
+                f"{tuple(sample_shape)}, got {tuple(mean.shape)} and {tuple(eigenvalues.shape)}"
+            )
+        if eigenvectors.shape != (dims, dims):
+            raise ValueError(
+                f"eigenvectors must have shape (D, D) = ({dims}, {dims}), "
+                f"got {tuple(eigenvectors.shape)}"
+            )
+        if alphas_cumprod.ndim != 1 or len(alphas_cumprod) == 0:
+            raise ValueError(
+                f"alphas_cumprod must be 1-D (T,), got shape {tuple(alphas_cumprod.shape)}"
+            )
+        self.sample_shape = tuple(int(size) for size in sample_shape)
+        self.register_buffer("mean", mean.detach().double().clone())
+        self.register_buffer("eigenvalues", eigenvalues.detach().double().clone())
+        self.register_buffer("eigenvectors", eigenvectors.detach().double().clone())
+        self.register_buffer("alphas_cumprod", alphas_cumprod.detach().double().clone())
+
+    @classmethod
+    def fit(
+        cls, data: Tensor, schedule: NoiseSchedule, shrinkage: float = 1e-4
+    ) -> GaussianDenoiser:
+        """Fit mu and Sigma to ``data`` (N, ...) (N >= 2 samples) for an eps ``schedule``.
+
+        mu is the sample mean and Sigma the sample covariance (divisor N - 1), in float64,
+        shrunk towards a multiple of the identity so that it is well conditioned even when
+        N <= D: Sigma_s = (1 - shrinkage) Sigma + shrinkage (tr(Sigma) / D) I, shrinkage in
+        [0, 1]. Its eigendecomposition is stored; the eigenvalues are clipped at 0.
+        """
+        if not isinstance(schedule, NoiseSchedule):
+            raise ValueError(
+                f"schedule must be a NoiseSchedule, got {type(schedule).__name__}; build one "
+                "with NoiseSchedule.from_name('linear')."
+            )
+        if schedule.parameterization != "eps":
+            raise ValueError(
+                f"GaussianDenoiser predicts the noise eps, but the schedule's parameterization "
+                f"is {schedule.parameterization!r}; use a schedule with parameterization='eps'."
+            )
+        if not torch.is_tensor(data) or data.ndim < 2 or data.shape[0] < 2:
+            raise ValueError(
+                f"data must be a tensor (N, ...) of at least 2 samples, e.g. latents "
+                f"(N, c, h, w) or points (N, 2); got {_shape_of(data)}"
+            )
+        if not data.is_floating_point() or not torch.isfinite(data).all():
+            raise ValueError("data must be a finite float tensor (no NaN or inf)")
+        if (
+            not isinstance(shrinkage, numbers.Real)
+            or isinstance(shrinkage, bool)
+            or not 0.0 <= shrinkage <= 1.0
+        ):
+            raise ValueError(f"shrinkage must be a number in [0, 1], got {shrinkage!r}")
+        flat = rearrange(data.detach().cpu().double(), "n ... -> n (...)")
+        count, dims = flat.shape
+        # mu = (1/N) sum_n x_n
+        mean = flat.mean(dim=0)
+        centered = flat - mean
+        # Sigma = (1/(N-1)) sum_n (x_n - mu)(x_n - mu)^T
+        covariance = centered.T @ centered / (count - 1)
+        # Sigma = V diag(lambda) V^T
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        eigenvalues = eigenvalues.clamp(min=0.0)
+        # Sigma_s = (1 - s) Sigma + s (tr(Sigma) / D) I: same eigenvectors, shrunk eigenvalues
+        average_variance = eigenvalues.sum() / dims
+        eigenvalues = (1.0 - shrinkage) * eigenvalues + shrinkage * average_variance
+        return cls(mean, eigenvalues, eigenvectors, schedule.alphas_cumprod, data.shape[1:])
+
+    @property
+    def num_timesteps(self) -> int:
+        """T, the number of timesteps of the schedule it was fitted for."""
+        return len(self.alphas_cumprod)
+
+    @property
+    def covariance(self) -> Tensor:
+        """The fitted (shrunk) Sigma = V diag(lambda) V^T, float64 (D, D)."""
+        # Sigma = V diag(lambda) V^T
+        return (self.eigenvectors * self.eigenvalues) @ self.eigenvectors.T
+
+    def _check_input(self, x_t: Tensor, t: Tensor | int) -> Tensor:
+        """Validate x_t (B, *sample_shape) and t; return t as a LongTensor (B,) on the CPU."""
+        if not torch.is_tensor(x_t) or tuple(x_t.shape[1:]) != self.sample_shape or x_t.ndim < 2:
+            raise ValueError(
+                f"x_t must have shape (B, {', '.join(map(str, self.sample_shape))}) like the "
+                f"data the denoiser was fitted to, got {_shape_of(x_t)}"
+            )
+        batch = x_t.shape[0]
+        if isinstance(t, numbers.Integral) and not isinstance(t, bool):
+            t = torch.full((batch,), int(t), dtype=torch.long)
+        if not torch.is_tensor(t) or t.shape != (batch,):
+            raise ValueError(
+                f"t must be an int or a tensor (B,) = ({batch},) of timesteps, got {_shape_of(t)}"
+            )
+        if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"t must hold integer timesteps (a LongTensor), got dtype {t.dtype}")
+        if len(t) and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
+            raise ValueError(
+                f"timesteps must lie in [0, {self.num_timesteps}), got values in "
+                f"[{int(t.min())}, {int(t.max())}]"
+            )
+        return t.long().cpu()
+
+    def forward(self, x_t: Tensor, t: Tensor | int) -> Tensor:
+        """eps_hat = E[eps | x_t] for x_t (B, *sample_shape) and t (B,) in [0, T): like x_t."""
+        t = self._check_input(x_t, t)
+        dtype, device = self.mean.dtype, self.mean.device
+        flat = rearrange(x_t.detach().to(device=device, dtype=dtype), "b ... -> b (...)")
+        alphas_cumprod = rearrange(self.alphas_cumprod[t.to(device)], "b -> b 1")
+        # coordinates in the eigenbasis: y = V^T (x_t - sqrt(abar_t) mu)
+        coordinates = (flat - alphas_cumprod.sqrt() * self.mean) @ self.eigenvectors
+        # (abar_t Sigma + (1 - abar_t) I)^{-1} = V diag(1 / (abar_t lambda + 1 - abar_t)) V^T
+        variances = alphas_cumprod * self.eigenvalues + (1.0 - alphas_cumprod)
+        # eps_hat = sqrt(1 - abar_t) V diag(1 / (abar_t lambda + 1 - abar_t)) y
+        eps = (1.0 - alphas_cumprod).sqrt() * ((coordinates / variances) @ self.eigenvectors.T)
+        return eps.unflatten(1, self.sample_shape).to(device=x_t.device, dtype=x_t.dtype)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` exact draws of N(mu, Sigma), float64 (n, *sample_shape) on the buffers' device.
+
+        x = mu + V diag(sqrt(lambda)) z with z ~ N(0, I): what a perfect sampler returns.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n (the number of samples) must be an int >= 1, got {n!r}")
+        noise_device = generator.device if generator is not None else self.mean.device
+        normal = torch.randn(
+            n, len(self.mean), generator=generator, dtype=self.mean.dtype, device=noise_device
+        ).to(self.mean.device)
+        # x = mu + V diag(sqrt(lambda)) z
+        flat = self.mean + (normal * self.eigenvalues.sqrt()) @ self.eigenvectors.T
+        return flat.unflatten(1, self.sample_shape)
 
 
 def _point_clouds(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

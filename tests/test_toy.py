@@ -1,4 +1,4 @@
-"""2-D toy data, the timestep embedding, the toy denoiser and point-cloud distances."""
+"""2-D toy data, the timestep embedding, the toy and Gaussian denoisers, point-cloud distances."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from ldm_mini import toy
+from ldm_mini import samplers, toy
+from ldm_mini.diffusion import NoiseSchedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,3 +149,166 @@ def test_energy_distance_hand_value_zero_and_symmetry():
     assert toy.energy_distance(a, a) == pytest.approx(0.0, abs=1e-6)
     assert toy.energy_distance(a, b) == pytest.approx(toy.energy_distance(b, a))
     assert toy.energy_distance(a, b) > toy.energy_distance(a, b - 0.5)
+
+
+# ---------------------------------------------------------------------------- GaussianDenoiser
+
+
+def linear_schedule(num_timesteps: int = 1000) -> NoiseSchedule:
+    return NoiseSchedule.from_name("linear", num_timesteps)
+
+
+def correlated_points(n: int, seed: int) -> torch.Tensor:
+    """N(mu, Sigma) in 2-D with mu = (1, -0.5), Sigma = [[2.0, 0.9], [0.9, 0.6]], float32."""
+    scale = torch.linalg.cholesky(torch.tensor([[2.0, 0.9], [0.9, 0.6]], dtype=torch.float64))
+    normal = torch.randn(n, 2, generator=seeded(seed), dtype=torch.float64)
+    return (torch.tensor([1.0, -0.5], dtype=torch.float64) + normal @ scale.T).float()
+
+
+def test_gaussian_denoiser_matches_the_scalar_formula_in_1d():
+    schedule = linear_schedule()
+    data = 0.7 + 1.5 * torch.randn(500, 1, generator=seeded(0))
+    denoiser = toy.GaussianDenoiser.fit(data, schedule, shrinkage=0.0)
+    mean, variance = data.double().mean(), data.double().var()  # divisor N - 1
+    x_t = torch.linspace(-4, 4, 9, dtype=torch.float64).reshape(9, 1)
+    for t in (0, 1, 500, 999):
+        abar = schedule.alphas_cumprod[t]
+        # E[eps | x_t] = sqrt(1 - abar) (x_t - sqrt(abar) mu) / (abar s^2 + 1 - abar)
+        expected = (1 - abar).sqrt() * (x_t - abar.sqrt() * mean) / (abar * variance + 1 - abar)
+        result = denoiser(x_t, torch.full((9,), t))
+        assert result.dtype == torch.float64 and result.shape == (9, 1)
+        assert torch.allclose(result, expected, rtol=1e-10, atol=1e-12), f"t = {t}"
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 0.3])
+def test_gaussian_denoiser_matches_a_linear_solve_in_2d(shrinkage):
+    schedule = linear_schedule()
+    data = correlated_points(400, seed=1)
+    denoiser = toy.GaussianDenoiser.fit(data, schedule, shrinkage=shrinkage)
+    mean, covariance = data.double().mean(0), torch.cov(data.double().T)
+    # the shrunk covariance, built directly rather than in the eigenbasis
+    identity = torch.eye(2, dtype=torch.float64)
+    covariance = (1 - shrinkage) * covariance + shrinkage * covariance.trace() / 2 * identity
+    assert torch.allclose(denoiser.covariance, covariance, atol=1e-12)
+    x_t = torch.randn(6, 2, generator=seeded(2), dtype=torch.float64) * 2
+    t = torch.tensor([0, 1, 250, 500, 998, 999])
+    result = denoiser(x_t, t)
+    for row in range(6):
+        abar = schedule.alphas_cumprod[t[row]]
+        system = abar * covariance + (1 - abar) * identity
+        # eps_hat = sqrt(1 - abar) (abar Sigma + (1 - abar) I)^{-1} (x_t - sqrt(abar) mu)
+        expected = (1 - abar).sqrt() * torch.linalg.solve(system, x_t[row] - abar.sqrt() * mean)
+        assert torch.allclose(result[row], expected, rtol=1e-9, atol=1e-12), f"t = {int(t[row])}"
+
+
+def test_gaussian_denoiser_residual_is_orthogonal_to_x_t():
+    # E[eps | x_t] is the projection of eps: the error eps - eps_hat has mean 0 and is
+    # uncorrelated with x_t. Checked by simulation on fresh draws of the fitted Gaussian.
+    schedule = linear_schedule()
+    denoiser = toy.GaussianDenoiser.fit(correlated_points(1000, seed=3), schedule)
+    x0 = denoiser.sample(100_000, seeded(4))
+    noise = torch.randn(x0.shape, generator=seeded(5), dtype=torch.float64)
+    for t in (10, 300, 700):
+        x_t = schedule.q_sample(x0, t, noise)
+        residual = noise - denoiser(x_t, t)
+        assert residual.mean(0).abs().max() < 0.01, f"t = {t}"
+        cross = residual.T @ (x_t - x_t.mean(0)) / len(x_t)
+        assert cross.abs().max() < 0.01, f"t = {t}: E[(eps - eps_hat) x_t^T] = {cross}"
+        # shifting the prediction costs its square: it sits at the minimum of the simple loss
+        shifted = (noise - denoiser(x_t, t) - 0.05).square().mean()
+        assert shifted - residual.square().mean() == pytest.approx(0.05**2, rel=0.2)
+
+
+def test_gaussian_denoiser_exact_samples_have_the_fitted_moments():
+    denoiser = toy.GaussianDenoiser.fit(correlated_points(300, seed=6), linear_schedule())
+    samples = denoiser.sample(50_000, seeded(7))
+    assert samples.shape == (50_000, 2) and samples.dtype == torch.float64
+    assert torch.allclose(samples.mean(0), denoiser.mean, atol=0.02)
+    assert torch.allclose(torch.cov(samples.T), denoiser.covariance, atol=0.04)
+
+
+def test_ddpm_with_the_gaussian_denoiser_draws_the_fitted_gaussian():
+    schedule = linear_schedule()
+    denoiser = toy.GaussianDenoiser.fit(correlated_points(2000, seed=8), schedule)
+    out = samplers.ddpm_sample(denoiser, schedule, (10_000, 2), generator=seeded(9), progress=False)
+    # whitened, z = diag(lambda)^(-1/2) V^T (x - mu) should be N(0, I): each moment estimated
+    # from 10,000 draws has a standard error of at most sqrt(2 / 10,000) = 0.014
+    whitened = (out.sample.double() - denoiser.mean) @ denoiser.eigenvectors
+    whitened = whitened / denoiser.eigenvalues.sqrt()
+    assert whitened.mean(0).abs().max() < 0.04
+    assert torch.allclose(torch.cov(whitened.T), torch.eye(2, dtype=torch.float64), atol=0.05)
+
+
+def test_ddim_with_the_gaussian_denoiser_shrinks_each_variance_as_predicted():
+    # Along an eigenvector (variance lambda, mean removed), one eta = 0 step t -> s multiplies x
+    # by (sqrt(abar_s abar_t) lambda + sqrt((1 - abar_s)(1 - abar_t))) / (abar_t lambda + 1 -
+    # abar_t), which is at most the exact ODE's ratio of stds (Cauchy-Schwarz): few steps
+    # shrink the variance. The samples follow this product of ratios, not lambda itself.
+    schedule = linear_schedule()
+    denoiser = toy.GaussianDenoiser.fit(correlated_points(2000, seed=8), schedule)
+    num_steps = 10
+    out = samplers.ddim_sample(
+        denoiser, schedule, (20_000, 2), num_steps=num_steps, generator=seeded(9), progress=False
+    )
+    coordinates = (out.sample.double() - denoiser.mean) @ denoiser.eigenvectors
+    timesteps = samplers.ddim_timesteps(1000, num_steps)
+    for index, variance in enumerate(denoiser.eigenvalues.tolist()):
+        predicted = 1.0
+        for step, t in enumerate(timesteps):
+            abar_t = float(schedule.alphas_cumprod[t])
+            last = step + 1 == len(timesteps)
+            abar_s = 1.0 if last else float(schedule.alphas_cumprod[timesteps[step + 1]])
+            numerator = math.sqrt(abar_s * abar_t) * variance
+            numerator += math.sqrt((1 - abar_s) * (1 - abar_t))
+            predicted *= (numerator / (abar_t * variance + 1 - abar_t)) ** 2
+        measured = float(coordinates[:, index].var())
+        assert predicted < 0.95 * variance  # 10 steps visibly shrink both directions
+        assert measured == pytest.approx(predicted, rel=0.04), f"eigen-direction {index}"
+    assert torch.allclose(coordinates.mean(0), torch.zeros(2, dtype=torch.float64), atol=0.03)
+
+
+def test_gaussian_denoiser_on_images_flattens_and_keeps_dtype():
+    schedule = linear_schedule(50)
+    images = torch.randn(40, 3, 4, 4, generator=seeded(10))
+    denoiser = toy.GaussianDenoiser.fit(images, schedule)
+    assert denoiser.sample_shape == (3, 4, 4) and denoiser.eigenvectors.shape == (48, 48)
+    assert denoiser.num_timesteps == 50
+    flat = toy.GaussianDenoiser.fit(images.reshape(40, 48), schedule)
+    x_t = torch.randn(5, 3, 4, 4, generator=seeded(11))
+    t = torch.tensor([0, 10, 20, 30, 49])
+    output = denoiser(x_t, t)
+    assert output.shape == (5, 3, 4, 4) and output.dtype == torch.float32
+    assert torch.allclose(output.reshape(5, 48), flat(x_t.reshape(5, 48), t), atol=1e-6)
+    assert torch.equal(denoiser(x_t, 20), denoiser(x_t, torch.full((5,), 20)))  # int t
+    # with 40 samples in 48 dims Sigma is singular; the shrinkage keeps every eigenvalue > 0
+    assert denoiser.eigenvalues.min() > 0
+    assert toy.GaussianDenoiser.fit(images, schedule, shrinkage=0.0).eigenvalues.min() < 1e-9
+
+
+def test_gaussian_denoiser_rejects_bad_input():
+    schedule = linear_schedule(100)
+    denoiser = toy.GaussianDenoiser.fit(torch.randn(10, 2, 3, generator=seeded(0)), schedule)
+    with pytest.raises(ValueError, match=r"x_t must have shape \(B, 2, 3\)"):
+        denoiser(torch.zeros(4, 6), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"x_t must have shape \(B, 2, 3\)"):
+        denoiser(torch.zeros(4, 3, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"t must be an int or a tensor \(B,\) = \(4,\)"):
+        denoiser(torch.zeros(4, 2, 3), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer timesteps"):
+        denoiser(torch.zeros(4, 2, 3), torch.zeros(4))
+    for bad in (-1, 100):
+        with pytest.raises(ValueError, match=r"must lie in \[0, 100\)"):
+            denoiser(torch.zeros(4, 2, 3), torch.full((4,), bad))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        toy.GaussianDenoiser.fit(torch.zeros(1, 2), schedule)
+    with pytest.raises(ValueError, match="finite float"):
+        toy.GaussianDenoiser.fit(torch.tensor([[0.0, math.nan], [1.0, 2.0]]), schedule)
+    with pytest.raises(ValueError, match=r"shrinkage must be a number in \[0, 1\]"):
+        toy.GaussianDenoiser.fit(torch.zeros(5, 2), schedule, shrinkage=1.5)
+    v_schedule = NoiseSchedule.from_name("linear", 100, parameterization="v")
+    with pytest.raises(ValueError, match="predicts the noise eps"):
+        toy.GaussianDenoiser.fit(torch.zeros(5, 2), v_schedule)
+    with pytest.raises(ValueError, match="schedule must be a NoiseSchedule"):
+        toy.GaussianDenoiser.fit(torch.zeros(5, 2), schedule.alphas_cumprod)
+    with pytest.raises(ValueError, match="n .* must be an int >= 1"):
+        denoiser.sample(0)
