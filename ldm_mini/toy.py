@@ -136,6 +136,26 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Te
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
+def _checked_timesteps(t: object, batch: int, num_timesteps: int, allow_int: bool) -> Tensor:
+    """t as a LongTensor (batch,) of integer timesteps in [0, num_timesteps), else ValueError.
+
+    With ``allow_int`` a plain int is broadcast to the batch.
+    """
+    if allow_int and isinstance(t, numbers.Integral) and not isinstance(t, bool):
+        t = torch.full((batch,), int(t), dtype=torch.long)
+    if not torch.is_tensor(t) or t.shape != (batch,):
+        accepted = "an int or a tensor" if allow_int else "a tensor"
+        raise ValueError(f"t must be {accepted} (B,) = ({batch},) of timesteps, got {_shape_of(t)}")
+    if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"t must hold integer timesteps (a LongTensor), got dtype {t.dtype}")
+    if len(t) and (int(t.min()) < 0 or int(t.max()) >= num_timesteps):
+        raise ValueError(
+            f"timesteps must lie in [0, {num_timesteps}), got values in "
+            f"[{int(t.min())}, {int(t.max())}]"
+        )
+    return t.long()
+
+
 def _shape_of(value: object) -> str:
     shape = getattr(value, "shape", None)
     return f"shape {tuple(shape)}" if shape is not None else type(value).__name__
@@ -176,17 +196,7 @@ class ToyDenoiser(nn.Module):
         """x (B, 2) float, t (B,) integer timesteps in [0, T) -> (B, 2)."""
         if x.ndim != 2 or x.shape[1] != 2:
             raise ValueError(f"x must be points (B, 2), got shape {tuple(x.shape)}")
-        if not torch.is_tensor(t) or t.shape != (x.shape[0],):
-            raise ValueError(
-                f"t must be a tensor (B,) = ({x.shape[0]},) of timesteps, got {_shape_of(t)}"
-            )
-        if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
-            raise ValueError(f"t must hold integer timesteps (a LongTensor), got dtype {t.dtype}")
-        if len(t) and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
-            raise ValueError(
-                f"timesteps must lie in [0, {self.num_timesteps}), got values in "
-                f"[{int(t.min())}, {int(t.max())}]"
-            )
+        t = _checked_timesteps(t, x.shape[0], self.num_timesteps, allow_int=False)
         embedding = sinusoidal_embedding(t, self.embedding_dim).to(x.dtype)
         return self.net(torch.cat([x, embedding], dim=1))
 
@@ -308,20 +318,7 @@ class GaussianDenoiser(nn.Module):
                 f"data the denoiser was fitted to, got {_shape_of(x_t)}"
             )
         batch = x_t.shape[0]
-        if isinstance(t, numbers.Integral) and not isinstance(t, bool):
-            t = torch.full((batch,), int(t), dtype=torch.long)
-        if not torch.is_tensor(t) or t.shape != (batch,):
-            raise ValueError(
-                f"t must be an int or a tensor (B,) = ({batch},) of timesteps, got {_shape_of(t)}"
-            )
-        if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
-            raise ValueError(f"t must hold integer timesteps (a LongTensor), got dtype {t.dtype}")
-        if len(t) and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
-            raise ValueError(
-                f"timesteps must lie in [0, {self.num_timesteps}), got values in "
-                f"[{int(t.min())}, {int(t.max())}]"
-            )
-        return t.long().cpu()
+        return _checked_timesteps(t, batch, self.num_timesteps, allow_int=True).cpu()
 
     def forward(self, x_t: Tensor, t: Tensor | int) -> Tensor:
         """eps_hat = E[eps | x_t] for x_t (B, *sample_shape) and t (B,) in [0, T): like x_t."""
