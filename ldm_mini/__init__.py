@@ -13,6 +13,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = (
+    "attention",
     "autoencoder",
     "checkpoints",
     "cli",
@@ -29,6 +30,7 @@ _SUBMODULES = (
     "tour",
     "toy",
     "train",
+    "unet",
     "viz",
 )
 
