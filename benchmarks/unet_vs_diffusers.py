@@ -67,8 +67,10 @@ def build_pairs() -> list[Pair]:
 
     Both diffusers models use ``resnet_time_scale_shift="scale_shift"``, the FiLM of our
     ResBlock (GroupNorm(h) * (1 + scale) + shift). diffusers' ``UNet2DModel`` attention is a
-    single attention layer without a feed-forward, so to match our transformer (with GEGLU MLP)
-    at 16x16 it gets a wider lowest level (160 instead of 128 channels).
+    single attention layer without a feed-forward (the DDPM/ADM attention block), so the pixel
+    pair builds ours with ``transformer_feed_forward=False``: the same architecture, widths
+    and heads on both sides. The latent pair keeps the GEGLU MLP on both sides (diffusers'
+    ``UNet2DConditionModel`` transformer has one too).
     """
     diffusers = _import_diffusers()
 
@@ -86,6 +88,7 @@ def build_pairs() -> list[Pair]:
             num_res_blocks=2,
             attention_levels=(1,),
             heads=4,
+            transformer_feed_forward=False,
         )
     )
     theirs_pixel = diffusers.UNet2DModel(
@@ -93,7 +96,7 @@ def build_pairs() -> list[Pair]:
         in_channels=3,
         out_channels=3,
         layers_per_block=2,
-        block_out_channels=(64, 128, 160),
+        block_out_channels=(64, 128, 128),
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=32,

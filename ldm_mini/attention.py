@@ -305,6 +305,8 @@ class TransformerBlock(nn.Module):
 
     (B, N, dim) -> (B, N, dim). Cross-attention exists only when ``context_dim`` is given; a
     block built with one requires a context, and a block built without one rejects it.
+    ``feed_forward=False`` drops the MLP: attention only, as in the DDPM/ADM U-Net's attention
+    block (and diffusers' ``UNet2DModel``), at about a third of the block's FLOPs.
     """
 
     def __init__(
@@ -314,6 +316,7 @@ class TransformerBlock(nn.Module):
         head_dim: int,
         context_dim: int | None = None,
         dropout: float = 0.0,
+        feed_forward: bool = True,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -325,8 +328,11 @@ class TransformerBlock(nn.Module):
         if context_dim is not None:
             self.norm2 = nn.LayerNorm(dim)
             self.cross_attention = Attention(dim, context_dim, heads, head_dim, dropout)
-        self.norm3 = nn.LayerNorm(dim)
-        self.feed_forward = FeedForward(dim, dropout=dropout)
+        self.norm3: nn.LayerNorm | None = None
+        self.feed_forward: FeedForward | None = None
+        if feed_forward:
+            self.norm3 = nn.LayerNorm(dim)
+            self.feed_forward = FeedForward(dim, dropout=dropout)
 
     def forward(
         self,
@@ -351,8 +357,10 @@ class TransformerBlock(nn.Module):
         if self.cross_attention is not None and self.norm2 is not None:
             # x <- x + CrossAttn(LN(x), tau(y))
             x = x + self.cross_attention(self.norm2(x), context, key_padding_mask)
-        # x <- x + FF(LN(x))
-        return x + self.feed_forward(self.norm3(x))
+        if self.feed_forward is not None and self.norm3 is not None:
+            # x <- x + FF(LN(x))
+            x = x + self.feed_forward(self.norm3(x))
+        return x
 
 
 def _group_count(channels: int) -> int:
@@ -367,6 +375,7 @@ class SpatialTransformer(nn.Module):
     tokens, ``depth`` :class:`TransformerBlock` s (cross-attending to ``context`` when built
     with ``context_dim``), unflatten, a zero-initialised 1x1 conv back to ``channels``, plus
     the input. Because of the zero conv a freshly built block is the identity.
+    ``feed_forward=False`` builds the blocks without their MLP (attention only).
     """
 
     def __init__(
@@ -377,6 +386,7 @@ class SpatialTransformer(nn.Module):
         context_dim: int | None = None,
         depth: int = 1,
         dropout: float = 0.0,
+        feed_forward: bool = True,
     ) -> None:
         super().__init__()
         _check_positive_int("channels", channels)
@@ -389,7 +399,8 @@ class SpatialTransformer(nn.Module):
         self.norm = nn.GroupNorm(_group_count(channels), channels, eps=1e-6, affine=True)
         self.proj_in = nn.Conv2d(channels, inner_dim, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
-            TransformerBlock(inner_dim, heads, head_dim, context_dim, dropout) for _ in range(depth)
+            TransformerBlock(inner_dim, heads, head_dim, context_dim, dropout, feed_forward)
+            for _ in range(depth)
         )
         self.proj_out = nn.Conv2d(inner_dim, channels, kernel_size=1)
         nn.init.zeros_(self.proj_out.weight)

@@ -98,6 +98,8 @@ class UNetConfig:
     every transformer. ``num_classes``: labels 0..num_classes-1, plus ``num_classes`` itself as
     the null label of classifier-free guidance. ``concat_channels``: extra input channels
     concatenated to x_t. ``transformer_depth``: transformer blocks per SpatialTransformer.
+    ``transformer_feed_forward``: False drops the GEGLU MLP from every transformer block
+    (attention only, as the DDPM/ADM U-Net and the paper's unconditional LDMs).
     """
 
     in_channels: int
@@ -113,6 +115,7 @@ class UNetConfig:
     num_classes: int | None = None
     concat_channels: int = 0
     transformer_depth: int = 1
+    transformer_feed_forward: bool = True
 
     def __post_init__(self) -> None:
         for name in ("channel_mult", "attention_levels"):
@@ -129,6 +132,11 @@ class UNetConfig:
         if not _is_int(self.transformer_depth) or self.transformer_depth < 1:
             raise ValueError(
                 f"transformer_depth must be a positive int, got {self.transformer_depth!r}."
+            )
+        if not isinstance(self.transformer_feed_forward, bool):
+            raise ValueError(
+                f"transformer_feed_forward must be true or false, "
+                f"got {self.transformer_feed_forward!r}."
             )
         if not _is_int(self.concat_channels) or self.concat_channels < 0:
             raise ValueError(
@@ -226,6 +234,28 @@ class UNetConfig:
         if missing:
             raise ValueError(f"UNetConfig needs {missing}; got keys {sorted(d)}.")
         return cls(**d)
+
+
+def unet_preset(
+    name: str, in_channels: int, out_channels: int | None = None, **overrides: object
+) -> UNetConfig:
+    """The U-Net preset ``name`` (tiny, cpu, colab-t4, gpu) for inputs with ``in_channels``.
+
+    The presets (``ldm_mini/configs/unet/*.json``) fix widths, depth and attention; the stage
+    that uses them sets ``in_channels`` / ``out_channels`` (the latent channels c, or 3 for
+    pixels; ``out_channels`` defaults to ``in_channels``) and, through ``overrides``, the
+    conditioning (``context_dim``, ``num_classes``, ``concat_channels``) or any other field.
+    """
+    from ldm_mini.configs import load_preset
+
+    values = dict(load_preset("unet", name)["model"])
+    values["in_channels"] = in_channels
+    values["out_channels"] = in_channels if out_channels is None else out_channels
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise ValueError(f"unknown UNetConfig key(s) {unknown}; valid keys: {sorted(values)}.")
+    values.update(overrides)
+    return UNetConfig.from_dict(values)
 
 
 # --------------------------------------------------------------------------------------
@@ -334,6 +364,7 @@ class UNet(nn.Module):
                 context_dim=config.context_dim,
                 depth=config.transformer_depth,
                 dropout=dropout,
+                feed_forward=config.transformer_feed_forward,
             )
 
         self.conv_in = nn.Conv2d(

@@ -218,3 +218,23 @@ def test_fresh_spatial_transformer_is_identity_and_trains() -> None:
         model(torch.randn(2, 32, 3, 4), context)
     with pytest.raises(ValueError, match="needs context"):
         model(x)
+
+
+def test_block_without_feed_forward_is_attention_only() -> None:
+    torch.manual_seed(6)
+    x, context = torch.randn(2, 5, 8), torch.randn(2, 6, CONTEXT_DIM)
+    block = TransformerBlock(8, heads=2, head_dim=4, context_dim=CONTEXT_DIM, feed_forward=False)
+    assert block.feed_forward is None and block.norm3 is None
+    # x + SelfAttn(LN1 x), then + CrossAttn(LN2 x, tau): nothing after
+    hidden = x + block.self_attention(block.norm1(x))
+    expected = hidden + block.cross_attention(block.norm2(hidden), context, PADDING_MASK)
+    torch.testing.assert_close(block(x, context, PADDING_MASK), expected)
+    with_ff = TransformerBlock(8, heads=2, head_dim=4, context_dim=CONTEXT_DIM)
+    with_ff.load_state_dict(block.state_dict(), strict=False)
+    # the same attention weights plus an MLP give a different output
+    assert not torch.allclose(with_ff(x, context, PADDING_MASK), expected)
+    ff_parameters = sum(p.numel() for p in with_ff.feed_forward.parameters())
+    ff_parameters += sum(p.numel() for p in with_ff.norm3.parameters())
+    assert sum(p.numel() for p in with_ff.parameters()) - ff_parameters == sum(
+        p.numel() for p in block.parameters()
+    )

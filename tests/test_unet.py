@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from ldm_mini.configs import available_presets
 from ldm_mini.diffusion import NoiseSchedule
 from ldm_mini.samplers import ddim_sample
 from ldm_mini.toy import sinusoidal_embedding
-from ldm_mini.unet import ResBlock, UNet, UNetConfig, timestep_embedding
+from ldm_mini.unet import ResBlock, UNet, UNetConfig, timestep_embedding, unet_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -142,6 +143,7 @@ def test_config_heads_head_dim_wins():
         ({"num_classes": True}, "num_classes must be None or a positive int"),
         ({"concat_channels": -1}, "concat_channels must be an int >= 0"),
         ({"transformer_depth": 0}, "transformer_depth must be a positive int"),
+        ({"transformer_feed_forward": 1}, "transformer_feed_forward must be true or false"),
     ],
 )
 def test_config_validation(overrides, message):
@@ -164,6 +166,7 @@ def test_config_validation(overrides, message):
         {"concat_channels": 3, "out_channels": 4},
         {"channel_mult": (1, 1, 2), "attention_levels": (0, 2), "head_dim": 4},
         {"context_dim": 5, "num_classes": 2, "concat_channels": 1, "transformer_depth": 2},
+        {"context_dim": 5, "transformer_feed_forward": False},
     ],
 )
 @pytest.mark.parametrize("size", [(8, 8), (16, 8)])
@@ -218,6 +221,43 @@ def test_parameter_count_is_pinned():
 
 
 PINNED_PARAMETERS = 66858
+
+
+def test_presets_are_the_shipped_four():
+    assert available_presets("unet") == ["colab-t4", "cpu", "gpu", "tiny"]
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu", "colab-t4", "gpu"])
+def test_every_preset_keeps_the_input_shape(name):
+    # pixels (3 channels) and latents (c = 8; class labels, context, concat as later stages)
+    for in_channels, extra in [(3, {}), (8, {"num_classes": 10, "context_dim": 16})]:
+        config = unet_preset(name, in_channels, **extra)
+        assert (config.in_channels, config.out_channels) == (in_channels, in_channels)
+        torch.manual_seed(0)
+        model = UNet(config).eval()
+        with torch.no_grad():
+            for parameter in model.conv_out.parameters():
+                parameter.normal_()  # a fresh U-Net outputs zeros; make it say something
+        factor = config.downsampling_factor
+        # the smallest input leaves 2x2 at the bottom (GroupNorm needs more than one value)
+        for size in [(2 * factor, 2 * factor), (2 * factor, 3 * factor), (8, 8), (32, 32)]:
+            if size[0] % factor or size[1] % factor:
+                continue
+            x, t, kwargs = inputs(config, batch=1, size=size)
+            with torch.no_grad():
+                out = model(x, t, **kwargs)
+            assert out.shape == x.shape, (name, in_channels, size)
+            assert torch.isfinite(out).all() and out.abs().sum() > 0
+
+
+def test_preset_overrides_and_errors():
+    config = unet_preset("tiny", 4, out_channels=2, concat_channels=3, dropout=0.1)
+    assert (config.in_channels, config.out_channels, config.concat_channels) == (4, 2, 3)
+    assert config.dropout == 0.1
+    with pytest.raises(ValueError, match="unknown preset 'huge' for unet"):
+        unet_preset("huge", 3)
+    with pytest.raises(ValueError, match=r"unknown UNetConfig key\(s\) \['width'\]"):
+        unet_preset("tiny", 3, width=8)
 
 
 # --------------------------------------------------------------------------------------
