@@ -127,9 +127,38 @@ def _swap_into_place(tmp: Path, directory: Path) -> None:
         tmp.rename(directory)
 
 
+def recover_interrupted_save(directory: str | Path) -> bool:
+    """Put back the previous checkpoint if a save was killed between its two renames.
+
+    :func:`save_checkpoint` moves the old folder aside (``.NAME.old-*``) and then renames the
+    new one into place. A process killed between the two leaves no ``NAME`` but a complete
+    old folder; this renames the newest such folder back. Returns True if it did.
+    """
+    directory = Path(directory)
+    if (directory / CONFIG_NAME).is_file() or not directory.parent.is_dir():
+        return False
+    olds = sorted(
+        (
+            p
+            for p in directory.parent.glob(f".{directory.name}.old-*")
+            if (p / CONFIG_NAME).is_file()
+        ),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not olds or directory.exists():
+        return False
+    olds[-1].rename(directory)
+    return True
+
+
 def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """A checkpoint folder, or a training run folder holding one in ``checkpoint/``."""
+    """A checkpoint folder, or a training run folder holding one in ``checkpoint/``.
+
+    A save that was killed half-way is repaired first (:func:`recover_interrupted_save`).
+    """
     path = Path(path).expanduser()
+    recover_interrupted_save(path)
+    recover_interrupted_save(path / "checkpoint")
     if (path / CONFIG_NAME).is_file():
         return path
     if (path / "checkpoint" / CONFIG_NAME).is_file():

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldm_mini.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from ldm_mini.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    recover_interrupted_save,
+    save_checkpoint,
+)
 from ldm_mini.environment import pick_device
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -53,6 +59,8 @@ class TrainConfig:
     sample_every: int = 500
     checkpoint_every: int = 500
     num_workers: int = 0
+    # EMA of the weights of the stage's ema_module() (None: off); sampling uses it by default
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -65,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be None (off) or in (0, 1), got {self.ema_decay}")
         for name in ("log_every", "sample_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -88,6 +98,112 @@ def config_from_dict(cls, values: dict[str, Any], section: str):
 
 class TrainingDivergedError(RuntimeError):
     """A loss became NaN or infinite; the last good weights were saved."""
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless torch.distributed is initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed_from_env() -> bool:
+    """Join the process group that ``torchrun`` describes (WORLD_SIZE > 1 in the environment).
+
+    Backend nccl on CUDA, gloo otherwise; each process uses GPU ``LOCAL_RANK`` when there are
+    GPUs. Returns True when a group was joined. Launch e.g.
+    ``torchrun --nproc_per_node=2 -m ldm_mini train-ldm ...``.
+    """
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def _all_reduce_mean(tensors: list[torch.Tensor], world_size: int) -> None:
+    """Average tensors in place over all processes (what DistributedDataParallel does to
+    gradients: every process then takes the same optimizer step)."""
+    import torch.distributed as dist
+
+    for tensor in tensors:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(world_size)
+
+
+class ExponentialMovingAverage:
+    """An exponential moving average of a module's floating-point parameters.
+
+    After each optimizer step: theta_ema <- d theta_ema + (1 - d) theta, with the warm-up
+    d = min(decay, (1 + n) / (10 + n)) after n updates (as CompVis' LitEma), so early
+    averages are not dominated by the random initialisation. Buffers are copied as they are.
+    ``state_dict()`` holds the averaged tensors under the module's own names (it loads into
+    the module with ``load_state_dict``) plus ``__ema_updates__``, the update count.
+    """
+
+    COUNT_KEY = "__ema_updates__"
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {
+            name: value.detach().clone().float() if value.is_floating_point() else value.clone()
+            for name, value in module.state_dict().items()
+        }
+
+    def current_decay(self) -> float:
+        """d = min(decay, (1 + n) / (10 + n)) for the next update."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        """Move the average toward ``module``'s current weights."""
+        decay = self.current_decay()
+        parameters = dict(module.named_parameters())
+        for name, value in module.state_dict().items():
+            shadow = self.shadow[name]
+            if name in parameters and value.is_floating_point():
+                # theta_ema <- d theta_ema + (1 - d) theta
+                shadow.lerp_(value.detach().float().to(shadow.device), 1.0 - decay)
+            else:
+                shadow.copy_(value)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged weights (module names) and the update count."""
+        return {**self.shadow, self.COUNT_KEY: torch.tensor(self.updates)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore from :meth:`state_dict`; the names must match the module's."""
+        state = dict(state)
+        if self.COUNT_KEY not in state:
+            raise ValueError(f"not an EMA state: no {self.COUNT_KEY!r} entry")
+        self.updates = int(state.pop(self.COUNT_KEY))
+        missing, unexpected = (
+            sorted(set(self.shadow) - set(state)),
+            sorted(set(state) - set(self.shadow)),
+        )
+        if missing or unexpected:
+            raise ValueError(
+                f"the EMA state does not fit this module: missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}"
+            )
+        for name, value in state.items():
+            self.shadow[name].copy_(value)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The averaged weights alone (for ``module.load_state_dict``)."""
+        return dict(self.shadow)
 
 
 class TrainingStage:
@@ -134,6 +250,11 @@ class TrainingStage:
     def inference_state(self) -> dict[str, torch.Tensor]:
         """The weights inference needs (model.safetensors)."""
         raise NotImplementedError
+
+    def ema_module(self) -> nn.Module | None:
+        """The module whose weights the engine averages when ``ema_decay`` is set (None: the
+        stage has no EMA). The average is saved as ema.safetensors under its own names."""
+        return None
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -182,16 +303,29 @@ def _permutation(num_items: int, seed: int, epoch: int) -> list[int]:
 class _StepBatches(torch.utils.data.Sampler):
     """Yields the index lists of steps ``first_step .. last_step``."""
 
-    def __init__(self, first_step: int, last_step: int, batch_size: int, num_items: int, seed: int):
+    def __init__(
+        self,
+        first_step: int,
+        last_step: int,
+        batch_size: int,
+        num_items: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.steps = range(first_step, last_step + 1)
         self.batch_size, self.num_items, self.seed = batch_size, num_items, seed
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def __iter__(self) -> Iterator[list[int]]:
+        local = self.batch_size // self.world_size
         for step in self.steps:
-            yield batch_indices(step, self.batch_size, self.num_items, self.seed)[0]
+            indices = batch_indices(step, self.batch_size, self.num_items, self.seed)[0]
+            # process r of W takes the r-th contiguous slice of the global batch
+            yield indices[self.rank * local : (self.rank + 1) * local]
 
 
 def _to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
@@ -223,7 +357,16 @@ class Trainer:
         self.stage, self.dataset, self.config = stage, dataset, config
         self.out = Path(out)
         self.progress = progress
-        self.device = pick_device(None if config.device == "auto" else config.device)
+        self.rank, self.world_size = distributed_rank_and_size()
+        if config.batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size {config.batch_size} (the global batch) must be divisible by the "
+                f"number of processes {self.world_size}."
+            )
+        device = None if config.device == "auto" else config.device
+        if device is None and self.world_size > 1 and torch.cuda.is_available():
+            device = f"cuda:{torch.cuda.current_device()}"
+        self.device = pick_device(device)
         self.precision = resolve_precision(config.precision, self.device)
         for module in [*stage.modules().values(), *stage.frozen_modules().values()]:
             module.to(self.device)
@@ -234,7 +377,17 @@ class Trainer:
             name: [group["lr"] for group in opt.param_groups]
             for name, opt in stage.optimizers().items()
         }
+        self.ema: ExponentialMovingAverage | None = None
+        if config.ema_decay is not None:
+            ema_module = stage.ema_module()
+            if ema_module is None:
+                raise ValueError(
+                    f"ema_decay is set but the {stage.name} stage has no EMA module; "
+                    "set train.ema_decay=null."
+                )
+            self.ema = ExponentialMovingAverage(ema_module, config.ema_decay)
         torch.manual_seed(config.seed)
+        recover_interrupted_save(self.out / "checkpoint")
         if resume and (self.out / "checkpoint" / "config.json").is_file():
             self._resume()
 
@@ -268,6 +421,7 @@ class Trainer:
             stage=self.stage.name,
             config=self._config_record(),
             model_state=self.stage.inference_state(),
+            ema_state=None if self.ema is None else self.ema.state_dict(),
             trainer_state=self._trainer_state(),
             step=self.step,
         )
@@ -286,6 +440,13 @@ class Trainer:
         state = checkpoint.trainer_state
         for name, module in self.stage.modules().items():
             module.load_state_dict(state["modules"][name])
+        if self.ema is not None:
+            if checkpoint.ema_state is None:
+                raise CheckpointError(
+                    f"{self.out} was trained without EMA but this run has ema_decay="
+                    f"{self.config.ema_decay}; use a new --out folder or the same settings."
+                )
+            self.ema.load_state_dict(checkpoint.ema_state)
         for name, optimizer in self.stage.optimizers().items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.scaler.load_state_dict(state["scaler"])
@@ -294,7 +455,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.step = int(state["step"])
         self.seconds = float(state["seconds"])
-        self._truncate_log(self.step)
+        if self.rank == 0:
+            self._truncate_log(self.step)
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines after ``step`` (written after the checkpoint we resume from)."""
@@ -341,6 +503,8 @@ class Trainer:
             self.config.batch_size,
             len(self.dataset),
             self.config.seed,
+            self.rank,
+            self.world_size,
         )
         # the loader draws its workers' base seed from its own generator, not the global RNG,
         # so a resumed run's global RNG stream (dropout, posterior samples) stays identical
@@ -384,13 +548,18 @@ class Trainer:
         fixed = self._fixed_batch()
         set_epoch = getattr(self.dataset, "set_epoch", None) if config.num_workers == 0 else None
         last: dict[str, Any] = {}
+        main_process = self.rank == 0  # with several processes only rank 0 writes
         bar = tqdm(
-            total=config.steps, initial=self.step, desc=self.stage.name, disable=not self.progress
+            total=config.steps,
+            initial=self.step,
+            desc=self.stage.name,
+            disable=not (self.progress and main_process),
         )
         for module in self.stage.modules().values():
             module.train()
         start = time.perf_counter() - self.seconds
-        with open(self.out / "log.jsonl", "a", encoding="utf-8") as log:
+        log_path = self.out / "log.jsonl" if main_process else os.devnull
+        with open(log_path, "a", encoding="utf-8") as log:
             for batch in self._loader(self.step + 1):
                 step = self.step + 1
                 if set_epoch is not None:
@@ -406,17 +575,19 @@ class Trainer:
                     log.write(json.dumps(last) + "\n")
                     log.flush()
                     bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if "loss" in k})
-                if step % config.sample_every == 0 or step == config.steps:
+                if main_process and (step % config.sample_every == 0 or step == config.steps):
                     self._write_samples(fixed)
                 if step % config.checkpoint_every == 0 or step == config.steps:
-                    self.save()
+                    if main_process:
+                        self.save()
+                    self._barrier()
         bar.close()
         return last
 
     def _train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
         stage, config = self.stage, self.config
         values: dict[str, float] = {"lr_factor": self._set_learning_rates(step)}
-        scratch: dict[str, Any] = {}
+        scratch: dict[str, Any] = {"rank": self.rank, "world_size": self.world_size}
         optimizers = stage.optimizers()
         for name in stage.active_optimizers(step):
             optimizer = optimizers[name]
@@ -426,6 +597,10 @@ class Trainer:
             if not math.isfinite(float(loss.detach())):
                 self._diverged(step, name, float(loss.detach()))
             self.scaler.scale(loss).backward()
+            if self.world_size > 1:
+                # the gradient of the global batch's mean loss: the mean of the processes'
+                grads = [p.grad for g in optimizer.param_groups for p in g["params"]]
+                _all_reduce_mean([grad for grad in grads if grad is not None], self.world_size)
             if config.grad_clip is not None:
                 self.scaler.unscale_(optimizer)
                 params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -434,5 +609,22 @@ class Trainer:
             self.scaler.step(optimizer)
             values.update(logged)
         self.scaler.update()
+        if self.ema is not None:
+            module = stage.ema_module()
+            assert module is not None
+            self.ema.update(module)
         stage.after_step(batch, step, scratch)
+        if self.world_size > 1:  # log the global batch's numbers, the same on every process
+            keys = sorted(values)
+            numbers = torch.tensor(
+                [values[k] for k in keys], dtype=torch.float64, device=self.device
+            )
+            _all_reduce_mean([numbers], self.world_size)
+            values = dict(zip(keys, numbers.tolist(), strict=True))
         return values
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()

@@ -224,3 +224,56 @@ def test_shipped_style_checkpoints_cannot_resume(tmp_path: Path):
     save_checkpoint(tmp_path / "ckpt", stage="toy", config={}, model_state={"w": torch.ones(2)})
     with pytest.raises(CheckpointError, match="cannot be resumed"):
         load_checkpoint(tmp_path / "ckpt", with_trainer_state=True)
+
+
+def test_a_save_killed_between_its_renames_is_recovered(tmp_path: Path, monkeypatch):
+    state = {"w": torch.arange(6.0)}
+    save_checkpoint(tmp_path / "ckpt", stage="toy", config={"v": 1}, model_state=state, step=1)
+    original_rename = Path.rename
+    calls = []
+
+    def crash_on_second_rename(self, target):
+        calls.append(target)
+        if len(calls) == 2:  # the old folder is aside, the new one not yet in place
+            raise KeyboardInterrupt("killed")
+        return original_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", crash_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "ckpt", stage="toy", config={"v": 2}, model_state=state, step=2)
+    monkeypatch.setattr(Path, "rename", original_rename)
+    assert not (tmp_path / "ckpt").exists()
+    # loading puts the previous checkpoint back
+    checkpoint = load_checkpoint(tmp_path / "ckpt")
+    assert checkpoint.step == 1 and checkpoint.config["v"] == 1
+
+
+KILL_SCRIPT = """
+import sys, torch
+from ldm_mini.checkpoints import save_checkpoint
+state = {"w": torch.randn(1_000_000)}
+step = 0
+while True:
+    step += 1
+    save_checkpoint(sys.argv[1], stage="toy", config={"v": step}, model_state=state, step=step)
+    print(step, flush=True)
+"""
+
+
+def test_killing_the_process_during_saves_leaves_a_loadable_checkpoint(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "ckpt"
+    for delay in (0.7, 1.0, 1.3):  # kills at different points of the save loop
+        process = subprocess.Popen(
+            [sys.executable, "-c", KILL_SCRIPT, str(target)], stdout=subprocess.PIPE, text=True
+        )
+        process.stdout.readline()  # at least one checkpoint is complete
+        time.sleep(delay - 0.5)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        checkpoint = load_checkpoint(target)  # complete, verified by sha256
+        assert checkpoint.step >= 1 and checkpoint.model_state["w"].shape == (1_000_000,)
