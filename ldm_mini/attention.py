@@ -172,9 +172,20 @@ class Attention(nn.Module):
         probabilities are all zero.
         """
         source = self._check_inputs(x, context, key_padding_mask)
-        queries = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
-        keys = rearrange(self.to_k(source), "b m (h d) -> b h m d", h=self.heads)
-        values = rearrange(self.to_v(source), "b m (h d) -> b h m d", h=self.heads)
+        if source is x:
+            # self-attention: Q, K, V = x W_Q, x W_K, x W_V as one matrix product (the weights
+            # stay three named matrices; one larger GEMM is faster than three small ones)
+            weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
+            queries, keys, values = rearrange(
+                F.linear(x, weight), "b n (three h d) -> three b h n d", three=3, h=self.heads
+            )
+        else:
+            queries = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
+            # K, V = tau(y) W_K, tau(y) W_V, as one matrix product
+            weight = torch.cat([self.to_k.weight, self.to_v.weight])
+            keys, values = rearrange(
+                F.linear(source, weight), "b m (two h d) -> two b h m d", two=2, h=self.heads
+            )
 
         attn_mask = None
         has_keys = None
