@@ -77,9 +77,121 @@ def _cmd_train_autoencoder(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config, indent=2))
         return 0
+    from ldm_mini.train import init_distributed_from_env
+
+    init_distributed_from_env()  # under torchrun: one process per GPU (or CPU, gloo)
     result = train_autoencoder(config, args.out, resume=not args.no_resume, progress=not args.quiet)
     print(json.dumps(result))
     print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ldm_mini.demo import run_demo
+
+    run_demo(
+        args.out,
+        train_steps=args.train_steps,
+        num_samples=args.n,
+        eval_samples=args.eval_n,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    return 0
+
+
+def _cmd_train_ldm(args: argparse.Namespace) -> int:
+    from ldm_mini.configs import apply_overrides
+    from ldm_mini.ldm_training import load_ldm_preset, train_ldm
+
+    config = load_ldm_preset(args.preset)
+    overrides = list(args.set)
+    if args.autoencoder and args.first_stage:
+        raise ValueError("give --autoencoder DIR or --first-stage identity, not both")
+    first_stage = args.autoencoder or args.first_stage
+    for value, key in (
+        (first_stage, "first_stage.checkpoint"),
+        (args.dataset, "data.dataset"),
+        (args.condition, "condition.kind"),
+        (args.steps, "train.steps"),
+        (args.batch_size, "train.batch_size"),
+        (args.device, "train.device"),
+        (args.precision, "train.precision"),
+        (args.seed, "train.seed"),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    config = apply_overrides(config, overrides)
+    if args.print_config:
+        print(json.dumps(config, indent=2))
+        return 0
+    from ldm_mini.train import init_distributed_from_env
+
+    init_distributed_from_env()  # under torchrun: one process per GPU (or CPU, gloo)
+    result = train_ldm(config, args.out, resume=not args.no_resume, progress=not args.quiet)
+    print(json.dumps(result))
+    print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from ldm_mini.ldm_training import generate, load_ldm
+    from ldm_mini.viz import save_image_grid
+
+    ldm, config = load_ldm(args.checkpoint, args.device, use_ema=not args.no_ema)
+    size = args.image_size or config["data"]["image_size"]
+    labels = None
+    if args.label is not None:
+        if ldm.num_classes is None:
+            raise ValueError("--label needs a class-conditional checkpoint")
+        labels = torch.full((args.n,), args.label)
+    images, labels, trajectory = generate(
+        ldm,
+        args.n,
+        size,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        labels=labels,
+        return_trajectory=args.trajectory is not None,
+        progress=not args.quiet,
+    )
+    out = save_image_grid(images, args.out, ncols=int(round(args.n**0.5)))
+    print(f"wrote {out} ({args.n} samples, {args.sampler} {args.steps} steps, seed {args.seed})")
+    if args.trajectory is not None:
+        from ldm_mini.viz import save_trajectory_gif
+
+        frames = [
+            ldm.decode(z.to(ldm.scale_factor.device)).clamp(-1, 1).cpu()
+            for z in trajectory.trajectory
+        ]
+        path = save_trajectory_gif(frames, args.trajectory, ncols=int(round(args.n**0.5)))
+        print(f"wrote {path} ({len(frames)} frames: x_T, then each step)")
+    return 0
+
+
+def _cmd_evaluate_ldm(args: argparse.Namespace) -> int:
+    from ldm_mini.ldm_training import evaluate_ldm
+
+    result = evaluate_ldm(
+        args.checkpoint,
+        args.n,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        feature_extractor=args.features,
+        with_kid=not args.no_kid,
+        device=args.device,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
     return 0
 
 
@@ -158,6 +270,66 @@ def build_parser() -> argparse.ArgumentParser:
     train_ae.add_argument("--quiet", action="store_true", help="no progress bar")
     train_ae.set_defaults(func=_cmd_train_autoencoder)
 
+    demo = sub.add_parser(
+        "demo", help="the whole pipeline offline in minutes: writes runs/demo/index.html"
+    )
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    demo.add_argument("--train-steps", type=int, default=200, help="fresh LDM steps (200)")
+    demo.add_argument("--n", type=int, default=100, help="samples in the grid (default: 100)")
+    demo.add_argument("--eval-n", type=int, default=500, help="samples for FD (default: 500)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(func=_cmd_demo)
+
+    train_ldm = sub.add_parser(
+        "train-ldm",
+        help="train a latent diffusion model on a frozen autoencoder's latents",
+        description="Train an LDM from a preset, with optional overrides. Re-running with the "
+        "same --out resumes from its last checkpoint.",
+    )
+    train_ldm.add_argument("--preset", default="cpu", choices=PRESETS, help="default: cpu")
+    train_ldm.add_argument(
+        "--out", required=True, help="run folder (checkpoint/, log.jsonl, samples/)"
+    )
+    train_ldm.add_argument("--autoencoder", help="first-stage checkpoint folder (or shipped:NAME)")
+    train_ldm.add_argument(
+        "--first-stage", choices=["identity"], help="identity: diffusion in pixel space (LDM-1)"
+    )
+    train_ldm.add_argument("--dataset", help="dataset name or folder (default: the preset's)")
+    train_ldm.add_argument("--condition", choices=["class", "none"], help="conditioning")
+    train_ldm.add_argument("--steps", type=int, help="training steps")
+    train_ldm.add_argument("--batch-size", type=int, help="batch size")
+    train_ldm.add_argument("--device", help="auto, cpu, cuda, mps")
+    train_ldm.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    train_ldm.add_argument("--seed", type=int)
+    train_ldm.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any other setting, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
+    train_ldm.add_argument("--no-resume", action="store_true", help="refuse to resume; start over")
+    train_ldm.add_argument("--print-config", action="store_true", help="print the config and exit")
+    train_ldm.add_argument("--quiet", action="store_true", help="no progress bar")
+    train_ldm.set_defaults(func=_cmd_train_ldm)
+
+    sample = sub.add_parser("sample", help="draw samples from a trained LDM into a grid image")
+    sample.add_argument("--checkpoint", required=True, help="LDM checkpoint or run folder")
+    sample.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+    sample.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++"])
+    sample.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
+    sample.add_argument("--guidance", type=float, default=1.0, help="CFG scale w (default: 1)")
+    sample.add_argument("--label", type=int, help="one class for all samples (default: 0..K-1)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--image-size", type=int, help="default: the training size")
+    sample.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA weights")
+    sample.add_argument("--device", default="cpu")
+    sample.add_argument("--out", required=True, help="grid image to write (.png)")
+    sample.add_argument("--trajectory", help="also write the denoising animation (.gif)")
+    sample.add_argument("--quiet", action="store_true", help="no progress bar")
+    sample.set_defaults(func=_cmd_sample)
+
     evaluate = sub.add_parser("evaluate", help="measure a trained checkpoint")
     evaluate_sub = evaluate.add_subparsers(dest="what", metavar="WHAT", required=True)
     ev_ae = evaluate_sub.add_parser("autoencoder", help="reconstruction metrics of an autoencoder")
@@ -171,6 +343,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev_ae.add_argument("--device", default="cpu")
     ev_ae.add_argument("--json", action="store_true", help="print one JSON object")
     ev_ae.set_defaults(func=_cmd_evaluate)
+    ev_ldm = evaluate_sub.add_parser("ldm", help="FD and KID of an LDM's samples vs the test split")
+    ev_ldm.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
+    ev_ldm.add_argument(
+        "--n", type=int, default=1000, help="samples (and test images); default 1000"
+    )
+    ev_ldm.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++"])
+    ev_ldm.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
+    ev_ldm.add_argument("--guidance", type=float, default=1.0, help="CFG scale w (default: 1)")
+    ev_ldm.add_argument("--seed", type=int, default=0)
+    ev_ldm.add_argument("--features", default="auto", help="FD feature extractor (default: auto)")
+    ev_ldm.add_argument("--no-kid", action="store_true", help="skip KID")
+    ev_ldm.add_argument("--device", default="cpu")
+    ev_ldm.add_argument("--json", action="store_true", help="print one JSON object")
+    ev_ldm.set_defaults(func=_cmd_evaluate_ldm)
     return parser
 
 

@@ -195,6 +195,47 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
+def save_image_grid(
+    images: Any, path: str | Path, ncols: int | None = None, scale: int = 1
+) -> Path:
+    """Write images (N, C, H, W) in [-1, 1] as one grid PNG (nearest-neighbour ``scale``)."""
+    grid = make_grid(images, ncols=ncols)
+    picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    if scale != 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    return path
+
+
+def save_trajectory_gif(
+    frames: Sequence[Any],
+    path: str | Path,
+    ncols: int | None = None,
+    scale: int = 2,
+    duration_ms: int = 120,
+    hold_last_ms: int = 1500,
+) -> Path:
+    """Write a denoising animation: one grid per frame (each (N, C, H, W) in [-1, 1]) as a GIF.
+
+    The last frame (the finished samples) is held for ``hold_last_ms``.
+    """
+    frames = _nonempty_list(frames, "frames", "image batches")
+    pictures = []
+    for frame in frames:
+        grid = make_grid(frame, ncols=ncols)
+        picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).convert("RGB")
+        pictures.append(
+            picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+        )
+    durations = [duration_ms] * (len(pictures) - 1) + [hold_last_ms]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+    return path
+
+
 # --------------------------------------------------------------------------------------
 # Diffusion: schedules, noising strips, sampling trajectories, animations
 # --------------------------------------------------------------------------------------

@@ -49,3 +49,30 @@ def test_data_errors_exit_with_status_2(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setenv("LDM_MINI_DATA", str(tmp_path))
     assert main(["datasets"]) == 2
     assert "LDM_MINI_DATA" in capsys.readouterr().err
+
+
+def test_train_ldm_sample_and_evaluate(tmp_path: Path, capsys, one_thread):
+    run = tmp_path / "ldm"
+    assert main(["train-ldm", "--preset", "tiny", "--out", str(run), "--quiet"]) == 0
+    assert (run / "checkpoint" / "ema.safetensors").is_file()
+    grid, gif = tmp_path / "grid.png", tmp_path / "anim.gif"
+    status = main(["sample", "--checkpoint", str(run), "--n", "4", "--steps", "3",
+                   "--out", str(grid), "--trajectory", str(gif), "--quiet"])  # fmt: skip
+    assert status == 0 and grid.stat().st_size > 0
+    from PIL import Image
+
+    with Image.open(gif) as animation:
+        assert animation.n_frames == 4  # x_T and 3 steps
+    capsys.readouterr()
+    status = main(["evaluate", "ldm", "--checkpoint", str(run), "--n", "16", "--steps", "2",
+                   "--no-kid", "--json"])  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0 and result["n"] == 16 and result["fd"] > 0
+    assert result["fd_label"] in ("FID", "FD-EffNet") and result["seconds_per_sample"] > 0
+    # a damaged checkpoint, or a first stage that is not an autoencoder, is a one-line error
+    (run / "checkpoint" / "model.safetensors").write_bytes(b"garbage")
+    assert main(["sample", "--checkpoint", str(run), "--out", str(grid), "--quiet"]) == 2
+    assert "corrupted or truncated" in capsys.readouterr().err
+    status = main(["train-ldm", "--preset", "tiny", "--out", str(tmp_path / "x"), "--quiet",
+                   "--autoencoder", str(tmp_path)])  # fmt: skip
+    assert status == 2

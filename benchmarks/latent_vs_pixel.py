@@ -1,0 +1,180 @@
+"""Pixel space (LDM-1) against latent space (LDM-4) with the same U-Net widths, in one run.
+
+The paper's central claim, measured: diffusion on the f = 4 latents of the shipped
+autoencoder (8x8x8 for 32x32 Fashion-MNIST) against diffusion on the 32x32 pixels, with the
+same U-Net preset (only the input channels differ). For each space:
+
+* training throughput (images per second; forward, backward, AdamW step), interleaved
+  rounds after warm-up, medians;
+* sampling seconds per image (DDIM, decoding included for latents);
+* training activation memory: the bytes autograd saves for backward in one training step
+  (measured with saved-tensor hooks, so it works on CPU; on CUDA the peak allocated memory
+  is printed too);
+* FD (EffNet features, or Inception where available) of samples against test images after
+  the same wall-clock training budget for both, from the same initial U-Net weights.
+
+An f = 8 autoencoder is not shipped, so f = 8 is left out ("where it fits" in the issue).
+Prints a table and a final JSON line with ``throughput_ratio`` (latent / pixel images per
+second). Usage::
+
+    OMP_NUM_THREADS=2 python benchmarks/latent_vs_pixel.py --budget 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from ldm_mini.data import TensorImageDataset, load_dataset
+from ldm_mini.diffusion import NoiseSchedule
+from ldm_mini.first_stage import load_autoencoder
+from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor
+from ldm_mini.ldm_training import encode_dataset, generate, resolve_first_stage_path
+from ldm_mini.metrics import frechet_distance
+from ldm_mini.train import ExponentialMovingAverage
+from ldm_mini.unet import UNet, unet_preset
+
+
+def build(space: str, autoencoder, preset: str, seed: int) -> LatentDiffusion:
+    """An unconditional LDM for ``space`` ("pixel" or "latent") with the preset's U-Net."""
+    schedule = NoiseSchedule.from_name("scaled_linear", 1000)
+    first_stage = IdentityFirstStage(1) if space == "pixel" else autoencoder
+    channels = 1 if space == "pixel" else autoencoder.config.latent_channels
+    torch.manual_seed(seed)
+    return LatentDiffusion(first_stage, UNet(unet_preset(preset, channels)), schedule)
+
+
+def saved_activation_bytes(step) -> int:
+    """Bytes of the tensors autograd saves for backward during ``step()``."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return total
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="cpu", help="U-Net preset for both (default: cpu)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per space")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per round")
+    parser.add_argument("--budget", type=float, default=300, help="training seconds per space")
+    parser.add_argument("--n", type=int, default=500, help="samples and test images for FD")
+    parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--train-images", type=int, default=20000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+
+    autoencoder, _ = load_autoencoder(resolve_first_stage_path("shipped:fashion_mnist_kl_f4"))
+    autoencoder = autoencoder.to(device)
+    train = TensorImageDataset(
+        load_dataset("fashion_mnist", split="train").select(range(args.train_images)), 32
+    )
+    test = TensorImageDataset(load_dataset("fashion_mnist", split="test"), 32)
+    images, _ = encode_dataset(IdentityFirstStage(1), train)
+    latents, _ = encode_dataset(autoencoder, train, device=str(device))
+    scale = estimate_scale_factor(IdentityFirstStage(latents.shape[1]), [latents])
+    data = {"pixel": images.to(device), "latent": (latents * scale["scale_factor"]).to(device)}
+
+    models = {space: build(space, autoencoder, args.preset, args.seed).to(device)
+              for space in ("pixel", "latent")}  # fmt: skip
+    optimizers = {s: torch.optim.AdamW(m.unet.parameters(), 2e-4) for s, m in models.items()}
+    generator = torch.Generator().manual_seed(args.seed)
+
+    def train_step(space: str) -> None:
+        index = torch.randint(0, data[space].shape[0], (args.batch_size,), generator=generator)
+        loss = models[space].training_loss(data[space][index.to(device)])
+        optimizers[space].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers[space].step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # throughput: warm-up, then interleaved timed rounds
+    rates: dict[str, list[float]] = {space: [] for space in models}
+    for space in models:
+        for _ in range(2):
+            train_step(space)
+    for _ in range(args.repeats):
+        for space in models:
+            sync()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                train_step(space)
+            sync()
+            rates[space].append(args.steps * args.batch_size / (time.perf_counter() - start))
+    throughput = {space: statistics.median(values) for space, values in rates.items()}
+    memory = {space: saved_activation_bytes(lambda s=space: train_step(s)) for space in models}
+
+    # the same wall-clock training budget for both, then FD
+    results = {}
+    real = torch.stack([test[i]["image"] for i in range(args.n)])
+    for space, model in models.items():
+        torch.manual_seed(args.seed)
+        model.unet.load_state_dict(
+            build(space, autoencoder, args.preset, args.seed).unet.state_dict()
+        )
+        optimizers[space] = torch.optim.AdamW(model.unet.parameters(), 2e-4)
+        ema = ExponentialMovingAverage(model.unet, 0.999)
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < args.budget:
+            train_step(space)
+            ema.update(model.unet)
+            steps += 1
+        model.unet.load_state_dict(ema.weights())
+        sample_start = time.perf_counter()
+        fake, _, _ = generate(model, args.n, 32, steps=args.sample_steps, seed=args.seed)
+        seconds_per_sample = (time.perf_counter() - sample_start) / args.n
+        fd = frechet_distance(real, fake.cpu())
+        results[space] = {
+            "train_images_per_second": throughput[space],
+            "activation_mb_per_step": memory[space] / 2**20,
+            "sample_seconds_per_image": seconds_per_sample,
+            "budget_seconds": args.budget,
+            "budget_steps": steps,
+            "fd": fd["fd"],
+            "fd_label": fd["label"],
+        }
+        if device.type == "cuda":
+            results[space]["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+
+    print(f"U-Net preset {args.preset!r} for both; batch {args.batch_size}; "
+          f"{torch.get_num_threads()} threads; device {device}")  # fmt: skip
+    header = (f"{'space':8s} {'input':>10s} {'img/s':>8s} {'act. MB':>8s} {'s/sample':>9s} "
+              f"{'steps in budget':>15s} {'FD':>8s}")  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    for space, row in results.items():
+        shape = "1x32x32" if space == "pixel" else "x".join(map(str, latents.shape[1:]))
+        print(f"{space:8s} {shape:>10s} {row['train_images_per_second']:8.1f} "
+              f"{row['activation_mb_per_step']:8.1f} {row['sample_seconds_per_image']:9.4f} "
+              f"{row['budget_steps']:15d} {row['fd']:8.2f}")  # fmt: skip
+    summary = {
+        "throughput_ratio": throughput["latent"] / throughput["pixel"],
+        "sampling_speedup": results["pixel"]["sample_seconds_per_image"]
+        / results["latent"]["sample_seconds_per_image"],
+        "fd_pixel": results["pixel"]["fd"],
+        "fd_latent": results["latent"]["fd"],
+        "fd_label": results["latent"]["fd_label"],
+        "spaces": results,
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

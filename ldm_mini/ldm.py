@@ -1,0 +1,305 @@
+"""Latent diffusion: the denoising U-Net trained on the latents of a frozen first stage.
+
+Taught in notebook 06_latent_diffusion. The paper's idea in one class: encode the image once
+with the frozen autoencoder, z = s * E(x); learn eps_theta(z_t, t, y) with the simple loss
+E ||eps - eps_theta(z_t, t, y)||^2 (LDM Eq. 2); sample z_0 with any sampler of
+:mod:`ldm_mini.samplers`; decode once, x = D(z_0 / s). Pixel-space diffusion is the same class
+with :class:`IdentityFirstStage` (the paper's LDM-1), so "pixel vs latent" is one flag.
+
+The latent scale factor s makes the latents roughly unit-variance, which the noise schedule
+assumes (x_T ~ N(0, I) must look like a noised latent). As in the paper's code it is one
+number, 1 / std of the encoded training latents, estimated once before training and stored
+in the checkpoint (Stable Diffusion's 0.18215 is exactly this for its KL-f8 autoencoder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ldm_mini.diffusion import NoiseSchedule
+from ldm_mini.samplers import (
+    ClassifierFreeGuidance,
+    SamplerOutput,
+    ddim_sample,
+    ddpm_sample,
+    dpm_solver_pp_sample,
+)
+from ldm_mini.unet import UNet
+
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+
+
+class IdentityFirstStage(nn.Module):
+    """The first stage of pixel-space diffusion (LDM-1): z = x and D(z) = z, f = 1."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive int, got {channels!r}.")
+        self.latent_channels = channels
+        self.downsampling_factor = 1
+
+    def encode_latent(self, x: Tensor) -> Tensor:
+        """x (B, C, H, W) in [-1, 1] -> the same tensor."""
+        return x
+
+    def decode_latent(self, z: Tensor) -> Tensor:
+        """z (B, C, H, W) -> the same tensor."""
+        return z
+
+
+def first_stage_shape(first_stage: nn.Module) -> tuple[int, int]:
+    """(latent channels c, downsampling factor f) of an autoencoder or the identity."""
+    if isinstance(first_stage, IdentityFirstStage):
+        return first_stage.latent_channels, 1
+    config = getattr(first_stage, "config", None)
+    if config is None or not hasattr(config, "latent_channels") or not hasattr(config, "f"):
+        raise ValueError(
+            f"the first stage must be an ldm_mini autoencoder (with .config.latent_channels and "
+            f".config.f) or IdentityFirstStage, got {type(first_stage).__name__}."
+        )
+    return int(config.latent_channels), int(config.f)
+
+
+@torch.no_grad()
+def estimate_scale_factor(
+    first_stage: nn.Module, batches: Iterable[Tensor], device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """The latent scale factor s = 1 / std(z) over every entry of E(x) for the given images.
+
+    ``batches``: image tensors (B, C, H, W) in [-1, 1] (e.g. a few thousand training images).
+    Returns ``{"scale_factor", "latent_mean", "latent_std", "count"}``; the std is the
+    population std over all latent entries (all images, channels and positions), computed in
+    float64, as the paper's code does on its first batch, only over more data.
+    """
+    total = total_sq = 0.0
+    count = 0
+    for images in batches:
+        if not isinstance(images, Tensor) or images.ndim != 4:
+            raise ValueError("each batch must be an image tensor (B, C, H, W) in [-1, 1].")
+        z = first_stage.encode_latent(images.to(device)).double()
+        total += float(z.sum())
+        total_sq += float((z**2).sum())
+        count += z.numel()
+    if count == 0:
+        raise ValueError("no images given: pass at least one batch to estimate the scale.")
+    mean = total / count
+    std = max(total_sq / count - mean**2, 0.0) ** 0.5
+    if not std > 0:
+        raise ValueError("the latents have zero variance; is the first stage trained?")
+    # s = 1 / std(z): scaled latents s * z have unit variance
+    return {"scale_factor": 1.0 / std, "latent_mean": mean, "latent_std": std, "count": count}
+
+
+class LatentDiffusion(nn.Module):
+    """A frozen first stage, the denoising U-Net and the noise schedule, as one model.
+
+    Args:
+        first_stage: a trained autoencoder (``ldm_mini.first_stage.load_autoencoder``) or
+            :class:`IdentityFirstStage` for pixel space. It is frozen here (no gradients, eval).
+        unet: eps_theta; its ``in_channels`` must equal the first stage's latent channels.
+        schedule: the forward process q(z_t | z_0).
+        scale_factor: s, latents are ``s * E(x)``; 1.0 for pixel space.
+        num_classes: with a class-conditional U-Net (``num_classes`` in its config), the
+            label ``num_classes`` is the null class (classifier-free guidance).
+    """
+
+    def __init__(
+        self,
+        first_stage: nn.Module,
+        unet: UNet,
+        schedule: NoiseSchedule,
+        scale_factor: float = 1.0,
+    ) -> None:
+        super().__init__()
+        channels, factor = first_stage_shape(first_stage)
+        if unet.config.in_channels != channels or unet.config.out_channels != channels:
+            raise ValueError(
+                f"the U-Net maps {unet.config.in_channels} -> {unet.config.out_channels} "
+                f"channels but the first stage's latents have {channels}; build the U-Net "
+                f"with in_channels = out_channels = {channels}."
+            )
+        if not scale_factor > 0:
+            raise ValueError(f"scale_factor must be > 0, got {scale_factor!r}.")
+        self.first_stage = first_stage.eval().requires_grad_(False)
+        self.unet = unet
+        self.schedule = schedule
+        self.latent_channels, self.downsampling_factor = channels, factor
+        self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of a class-conditional U-Net (None otherwise); label num_classes is null."""
+        return self.unet.config.num_classes
+
+    def train(self, mode: bool = True) -> LatentDiffusion:
+        """Train mode for the U-Net only: the first stage stays frozen in eval mode."""
+        super().train(mode)
+        self.first_stage.eval()
+        return self
+
+    # -- the two spaces ------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> scaled latents s * E(x), (B, c, H/f, W/f)."""
+        # z = s * E(x)
+        return self.first_stage.encode_latent(x) * self.scale_factor
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Scaled latents (B, c, h, w) -> images D(z / s), (B, C, f h, f w), about [-1, 1]."""
+        # x = D(z / s)
+        return self.first_stage.decode_latent(z / self.scale_factor)
+
+    # -- training ------------------------------------------------------------------------
+    def class_labels_for_training(
+        self,
+        labels: Tensor | None,
+        drop_probability: float,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | None:
+        """Labels with each one replaced by the null class with ``drop_probability``.
+
+        One model then learns p(z | y) and p(z) (for classifier-free guidance). None when the
+        U-Net is unconditional; a clear error when labels are missing or out of range.
+        """
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError(
+                    "this LDM is unconditional (its U-Net has no num_classes) but got labels."
+                )
+            return None
+        if labels is None:
+            raise ValueError(
+                f"this LDM is class-conditional ({self.num_classes} classes): pass the labels."
+            )
+        if labels.ndim != 1 or labels.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"labels must be an integer tensor (B,), got {labels.dtype} "
+                f"of shape {tuple(labels.shape)}."
+            )
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}) (or be {self.num_classes}, the null "
+                f"class), got [{int(labels.min())}, {int(labels.max())}]."
+            )
+        if not 0.0 <= drop_probability <= 1.0:
+            raise ValueError(f"drop_probability must be in [0, 1], got {drop_probability}.")
+        if drop_probability == 0:
+            return labels
+        device = generator.device if generator is not None else labels.device
+        drop = torch.rand(labels.shape, generator=generator, device=device) < drop_probability
+        return torch.where(
+            drop.to(labels.device), torch.full_like(labels, self.num_classes), labels
+        )
+
+    def training_loss(
+        self,
+        z0: Tensor,
+        labels: Tensor | None = None,
+        drop_probability: float = 0.1,
+        generator: torch.Generator | None = None,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """L_LDM = E_{z_0, t, eps} ||eps - eps_theta(z_t, t, y)||^2 on scaled latents z0.
+
+        ``z0``: (B, c, h, w) from :meth:`encode` (or a latent cache). ``labels``: (B,) class
+        labels when class-conditional, dropped to the null class with ``drop_probability``.
+        ``t`` (B,) and ``noise`` (like z0) are drawn with ``generator`` unless given.
+        """
+        if z0.ndim != 4 or z0.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"z0 must be scaled latents (B, {self.latent_channels}, h, w) from encode(); got "
+                f"{tuple(z0.shape)}. Encode images first (LatentDiffusion.encode)."
+            )
+        kwargs: dict[str, Any] = {}
+        labels = self.class_labels_for_training(labels, drop_probability, generator)
+        if labels is not None:
+            kwargs["class_labels"] = labels
+        return self.schedule.training_loss(
+            self.unet, z0, t=t, noise=noise, generator=generator, model_kwargs=kwargs
+        )
+
+    # -- sampling ------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int,
+        latent_size: tuple[int, int],
+        *,
+        sampler: str = "ddim",
+        steps: int = 50,
+        labels: Tensor | None = None,
+        guidance: float = 1.0,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        return_trajectory: bool = False,
+        progress: bool = False,
+        eta: float = 0.0,
+    ) -> tuple[Tensor, SamplerOutput]:
+        """Draw z_0 with ``sampler`` ("ddpm", "ddim", "dpm++") and decode it once.
+
+        Returns ``(images, output)``: images (N, C, f h, f w) clamped to [-1, 1], and the
+        sampler's output (scaled latents; trajectories when ``return_trajectory``).
+        ``labels`` (N,) for class-conditional models; ``guidance`` w is the
+        classifier-free guidance scale (1: the conditional model alone).
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+        height, width = latent_size
+        factor = self.unet.config.downsampling_factor
+        if height % factor or width % factor:
+            raise ValueError(
+                f"latent size {latent_size} is not divisible by the U-Net's downsampling {factor}."
+            )
+        device = self.scale_factor.device
+        model: nn.Module = self.unet
+        kwargs: dict[str, Any] = {}
+        if self.num_classes is not None:
+            if labels is None:
+                raise ValueError(
+                    f"this LDM is class-conditional: pass labels (N,) in [0, {self.num_classes})"
+                    f" or all {self.num_classes} (the null class) for unconditional samples."
+                )
+            labels = labels.to(device)
+            if labels.shape != (num_samples,):
+                raise ValueError(
+                    f"labels must have shape ({num_samples},), got {tuple(labels.shape)}."
+                )
+            kwargs["class_labels"] = labels
+            null = {"class_labels": torch.full_like(labels, self.num_classes)}
+            model = ClassifierFreeGuidance(self.unet, guidance, null)
+        elif labels is not None or guidance != 1.0:
+            raise ValueError("this LDM is unconditional: no labels or guidance.")
+        shape = (num_samples, self.latent_channels, height, width)
+        start = shape if noise is None else noise.to(device)
+        common = dict(
+            generator=generator,
+            progress=progress,
+            return_trajectory=return_trajectory,
+            model_kwargs=kwargs,
+            device=device,
+        )
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            if sampler == "ddpm":
+                output = ddpm_sample(model, self.schedule, start, **common)
+            elif sampler == "ddim":
+                output = ddim_sample(
+                    model, self.schedule, start, num_steps=steps, eta=eta, **common
+                )
+            else:
+                output = dpm_solver_pp_sample(
+                    model, self.schedule, start, num_steps=steps, **common
+                )
+        finally:
+            self.unet.train(was_training)
+        return self.decode(output.sample).clamp(-1, 1), output

@@ -1,0 +1,568 @@
+"""Training, loading and evaluating latent diffusion models with the one training engine.
+
+Puts together :mod:`ldm_mini.ldm` (the model), :mod:`ldm_mini.unet`, :mod:`ldm_mini.diffusion`
+and :mod:`ldm_mini.train`. ``ldm-mini train-ldm``, ``ldm-mini sample`` and
+``ldm-mini evaluate ldm`` call into here. Taught in notebook 06_latent_diffusion.
+
+A config has the sections ``data``, ``first_stage`` (``checkpoint``: an autoencoder folder,
+``shipped:NAME`` for one in ``data/checkpoints``, or ``identity`` for pixel space),
+``model`` (the U-Net: every :class:`~ldm_mini.unet.UNetConfig` field; channels and classes
+are filled in from the first stage and the condition), ``diffusion`` (the schedule),
+``condition`` (``kind`` none or class, ``drop_probability``), ``latents`` (scale factor and
+caching), ``optim`` and ``train`` (the engine). An LDM checkpoint holds the U-Net, its EMA
+and the first stage's weights, so it samples on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ldm_mini.checkpoints import CheckpointError, load_checkpoint
+from ldm_mini.diffusion import NoiseSchedule
+from ldm_mini.first_stage import DataConfig, build_dataset, load_autoencoder
+from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor
+from ldm_mini.train import TrainConfig, Trainer, TrainingStage, config_from_dict
+from ldm_mini.unet import UNet, UNetConfig
+
+STAGE = "ldm"
+CONDITIONS = ("none", "class")
+log = logging.getLogger("ldm_mini.ldm_training")
+
+
+@dataclass
+class FirstStageConfig:
+    """Which frozen first stage: a checkpoint folder, ``shipped:NAME``, or ``identity``."""
+
+    checkpoint: str = "shipped:fashion_mnist_kl_f4"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DiffusionConfig:
+    """The noise schedule (see :func:`ldm_mini.diffusion.beta_schedule`)."""
+
+    schedule: str = "scaled_linear"
+    num_timesteps: int = 1000
+    parameterization: str = "eps"
+
+    def build(self) -> NoiseSchedule:
+        return NoiseSchedule.from_name(
+            self.schedule, self.num_timesteps, parameterization=self.parameterization
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ConditionConfig:
+    """What the U-Net is conditioned on, and how often the condition is dropped (CFG)."""
+
+    kind: str = "class"
+    drop_probability: float = 0.1
+    num_classes: int | None = None  # None: read from the dataset's labels
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONDITIONS:
+            raise ValueError(f"condition.kind must be one of {CONDITIONS}, got {self.kind!r}")
+        if not 0.0 <= self.drop_probability <= 1.0:
+            raise ValueError(f"drop_probability must be in [0, 1], got {self.drop_probability}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class LatentsConfig:
+    """The latent scale factor and the latent cache."""
+
+    scale_factor: float | None = None  # None: 1 / std of the encoded training latents
+    cache: bool = True  # encode the training set once (exact when there is no augmentation)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class LDMOptimConfig:
+    """AdamW for the U-Net."""
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["betas"] = list(self.betas)
+        return values
+
+
+SECTIONS = (
+    "description",
+    "data",
+    "first_stage",
+    "model",
+    "diffusion",
+    "condition",
+    "latents",
+    "optim",
+    "train",
+)
+
+
+def load_ldm_preset(name: str) -> dict[str, Any]:
+    """The LDM preset ``name``: ``configs/ldm/NAME.json`` with its U-Net from
+    ``configs/unet/NAME.json`` (the ``model`` section; the LDM preset may override fields)."""
+    from ldm_mini.configs import load_preset
+
+    config = load_preset("ldm", name)
+    config["model"] = {**load_preset("unet", name)["model"], **config.get("model", {})}
+    return config
+
+
+def parse_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate a full LDM config dict into its dataclasses (unknown keys are errors)."""
+    unknown = sorted(set(config) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; sections: {list(SECTIONS)}")
+    optim_values = dict(config.get("optim", {}))
+    if "betas" in optim_values:
+        optim_values["betas"] = tuple(optim_values["betas"])
+    model = dict(config.get("model", {}))
+    valid = {f.name for f in dataclasses.fields(UNetConfig)}
+    bad = sorted(set(model) - valid)
+    if bad:
+        raise ValueError(f"unknown model (U-Net) key(s) {bad}; valid: {sorted(valid)}")
+    return {
+        "data": config_from_dict(DataConfig, config.get("data", {}), "data"),
+        "first_stage": config_from_dict(
+            FirstStageConfig, config.get("first_stage", {}), "first_stage"
+        ),
+        "model": model,
+        "diffusion": config_from_dict(DiffusionConfig, config.get("diffusion", {}), "diffusion"),
+        "condition": config_from_dict(ConditionConfig, config.get("condition", {}), "condition"),
+        "latents": config_from_dict(LatentsConfig, config.get("latents", {}), "latents"),
+        "optim": config_from_dict(LDMOptimConfig, optim_values, "optim"),
+        "train": TrainConfig.from_dict(config.get("train", {})),
+    }
+
+
+def resolve_first_stage_path(source: str) -> Path:
+    """The folder of ``source``: a path, or ``shipped:NAME`` for ``data/checkpoints/NAME``."""
+    if source.startswith("shipped:"):
+        from ldm_mini.data.bundled import data_dir
+
+        name = source.split(":", 1)[1]
+        path = data_dir() / "checkpoints" / name
+        if not path.is_dir():
+            available = sorted(p.name for p in (data_dir() / "checkpoints").iterdir() if p.is_dir())
+            raise ValueError(f"no shipped checkpoint {name!r}; shipped: {available}")
+        return path
+    return Path(source)
+
+
+def build_first_stage(source: str, channels: int) -> tuple[nn.Module, dict[str, Any] | None]:
+    """(first stage module, its autoencoder config or None for the identity)."""
+    if source == "identity":
+        return IdentityFirstStage(channels), None
+    model, config = load_autoencoder(resolve_first_stage_path(source))
+    if model.config.in_channels != channels:
+        raise ValueError(
+            f"the autoencoder {source} takes {model.config.in_channels}-channel images but the "
+            f"data has {channels} channels; pick an autoencoder trained on this kind of data."
+        )
+    return model, config
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """Cached latents s * E(x) (and labels): what the U-Net trains on, encoded once."""
+
+    def __init__(self, latents: Tensor, labels: Tensor | None) -> None:
+        self.latents, self.labels = latents, labels
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"latent": self.latents[index], "index": index}
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
+
+
+@torch.no_grad()
+def encode_dataset(
+    first_stage: nn.Module, images, batch_size: int = 500, device: str = "cpu"
+) -> tuple[Tensor, Tensor | None]:
+    """Encode every image of ``images`` (a TensorImageDataset) once: (latents, labels)."""
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
+    latents, labels = [], []
+    for batch in loader:
+        latents.append(first_stage.encode_latent(batch["image"].to(device)).cpu())
+        if "label" in batch:
+            labels.append(batch["label"])
+    return torch.cat(latents), (torch.cat(labels).long() if labels else None)
+
+
+class LDMStage(TrainingStage):
+    """The LDM as a stage of the engine: one optimizer (AdamW on the U-Net), EMA of the U-Net."""
+
+    name = STAGE
+
+    def __init__(self, ldm: LatentDiffusion, parsed: dict[str, Any], first_stage_config) -> None:
+        self.ldm = ldm
+        self.parsed = parsed
+        self.first_stage_config = first_stage_config
+        optim: LDMOptimConfig = parsed["optim"]
+        self._optimizers = {
+            "unet": torch.optim.AdamW(
+                ldm.unet.parameters(),
+                optim.lr,
+                betas=tuple(optim.betas),
+                weight_decay=optim.weight_decay,
+            )
+        }
+        self.generator: torch.Generator | None = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.ldm.unet}
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"first_stage": self.ldm.first_stage, "ldm": self.ldm}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self._optimizers
+
+    def ema_module(self) -> nn.Module:
+        return self.ldm.unet
+
+    def _latents(self, batch: dict[str, Any]) -> Tensor:
+        if "latent" in batch:
+            return batch["latent"]
+        return self.ldm.encode(batch["image"])
+
+    def loss(self, optimizer, batch, step, scratch):
+        z0 = self._latents(batch)
+        ldm = self.ldm
+        labels = batch.get("label") if ldm.num_classes is not None else None
+        labels = ldm.class_labels_for_training(labels, 0.0)  # validated, not yet dropped
+        # t, eps and the condition dropout are drawn for the whole global batch from a
+        # generator fixed by (seed, step), and each process takes its slice: so N processes
+        # train exactly like one (and a resumed run like an uninterrupted one)
+        rank, world = scratch.get("rank", 0), scratch.get("world_size", 1)
+        local = z0.shape[0]
+        part = slice(rank * local, (rank + 1) * local)
+        generator = torch.Generator().manual_seed(self.parsed["train"].seed * 1_000_003 + step)
+        t = torch.randint(0, ldm.schedule.num_timesteps, (local * world,), generator=generator)
+        noise = torch.randn((local * world, *z0.shape[1:]), generator=generator)
+        if labels is not None:
+            p = self.parsed["condition"].drop_probability
+            drop = (torch.rand(local * world, generator=generator) < p)[part].to(labels.device)
+            labels = torch.where(drop, torch.full_like(labels, ldm.num_classes), labels)
+        loss = ldm.training_loss(
+            z0, labels, 0.0, t=t[part].to(z0.device), noise=noise[part].to(z0.device)
+        )
+        return loss, {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def sample_images(self, batch):
+        z0 = self._latents(batch)[:8]
+        labels = None
+        if self.ldm.num_classes is not None:
+            labels = batch["label"][:8].to(z0.device)
+        generator = torch.Generator(device=z0.device).manual_seed(0)
+        images, _ = self.ldm.sample(
+            z0.shape[0],
+            tuple(z0.shape[-2:]),
+            sampler="ddim",
+            steps=20,
+            labels=labels,
+            generator=generator,
+        )
+        return torch.cat([self.ldm.decode(z0).clamp(-1, 1), images])
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        parsed = self.parsed
+        return {
+            "model": self.ldm.unet.config.to_dict(),
+            "data": parsed["data"].to_dict(),
+            "first_stage": {
+                **parsed["first_stage"].to_dict(),
+                "autoencoder": self.first_stage_config,
+                # the sha256 of the autoencoder's weights: a shipped LDM may omit them and
+                # load them from the autoencoder folder, which must then hold exactly these
+                "model_sha256": None
+                if self.first_stage_config is None
+                else self.first_stage_config["files"]["model.safetensors"],
+                "downsampling_factor": self.ldm.downsampling_factor,
+                "latent_channels": self.ldm.latent_channels,
+            },
+            "diffusion": parsed["diffusion"].to_dict(),
+            "condition": parsed["condition"].to_dict(),
+            "latents": parsed["latents"].to_dict(),
+            "scale_factor": float(self.ldm.scale_factor),
+            "optim": parsed["optim"].to_dict(),
+        }
+
+    def inference_state(self) -> dict[str, Tensor]:
+        return {f"unet.{k}": v for k, v in self.ldm.unet.state_dict().items()} | {
+            f"first_stage.{k}": v for k, v in self.ldm.first_stage.state_dict().items()
+        }
+
+
+def make_stage(config: dict[str, Any], device: str = "cpu"):
+    """Build (stage, training dataset, engine config) from a full config dict."""
+    parsed = parse_config(config)
+    data: DataConfig = parsed["data"]
+    images = build_dataset(data, seed=parsed["train"].seed)
+    first_stage, first_stage_config = build_first_stage(
+        parsed["first_stage"].checkpoint, images.channels
+    )
+    channels = first_stage.config.latent_channels if first_stage_config else images.channels
+    condition: ConditionConfig = parsed["condition"]
+    model_values = dict(parsed["model"])
+    model_values["in_channels"] = model_values["out_channels"] = channels
+    if condition.kind == "class":
+        num_classes = condition.num_classes
+        if num_classes is None:
+            labels = images.dataset["label"] if "label" in images.dataset.column_names else None
+            if labels is None:
+                raise ValueError(
+                    f"condition.kind='class' but {data.dataset} has no labels; use "
+                    "condition.kind='none' (or text, notebook 07)."
+                )
+            num_classes = int(max(labels)) + 1
+        model_values["num_classes"] = num_classes
+    else:
+        model_values["num_classes"] = None
+    torch.manual_seed(parsed["train"].seed)
+    unet = UNet(UNetConfig.from_dict(model_values))
+    first_stage = first_stage.to(device)
+    latents_config: LatentsConfig = parsed["latents"]
+    cache = None
+    if latents_config.cache and not data.hflip:
+        start = time.perf_counter()
+        cache = encode_dataset(first_stage, images, device=device)
+        log.info("encoded %d images in %.1f s", len(images), time.perf_counter() - start)
+    scale = latents_config.scale_factor
+    if scale is None:
+        if cache is not None:
+            stats = estimate_scale_factor(IdentityFirstStage(channels), [cache[0]])
+        else:
+            subset = torch.utils.data.Subset(images, range(min(len(images), 2000)))
+            loader = torch.utils.data.DataLoader(subset, batch_size=500)
+            stats = estimate_scale_factor(first_stage, (b["image"] for b in loader), device)
+        scale = stats["scale_factor"]
+        if first_stage_config is None:
+            scale = 1.0  # pixels in [-1, 1] are used as they are (LDM-1)
+    ldm = LatentDiffusion(first_stage, unet, parsed["diffusion"].build(), scale)
+    dataset = images
+    if cache is not None:
+        dataset = LatentDataset(cache[0] * scale, cache[1])  # on the CPU: the engine moves batches
+    stage = LDMStage(ldm, parsed, first_stage_config)
+    return stage, dataset, parsed["train"]
+
+
+def train_ldm(
+    config: dict[str, Any], out: str | Path, resume: bool = True, progress: bool = True
+) -> dict[str, Any]:
+    """Train (or resume) an LDM run into ``out``; returns the last logged values."""
+    from ldm_mini.environment import pick_device
+
+    train = TrainConfig.from_dict(config.get("train", {}))
+    device = pick_device(None if train.device == "auto" else train.device)
+    stage, dataset, train_config = make_stage(config, device)
+    trainer = Trainer(stage, dataset, train_config, out, resume=resume, progress=progress)
+    return trainer.fit()
+
+
+def _referenced_first_stage_state(first: dict[str, Any], path: str | Path) -> dict[str, Tensor]:
+    """The weights of the autoencoder an LDM checkpoint refers to, checked by sha256."""
+    source = resolve_first_stage_path(first["checkpoint"])
+    try:
+        autoencoder = load_checkpoint(source, expected_stage="autoencoder")
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"{path} stores its first stage by reference to {first['checkpoint']}, which "
+            f"cannot be loaded: {err}"
+        ) from err
+    if autoencoder.config["files"]["model.safetensors"] != first.get("model_sha256"):
+        raise CheckpointError(
+            f"{path} was trained on another autoencoder than the one now in {source} (the "
+            "sha256 of its weights differs); restore that autoencoder or retrain the LDM."
+        )
+    return autoencoder.model_state
+
+
+def export_ldm(source: str | Path, destination: str | Path, extra: dict[str, Any]) -> Path:
+    """Write a shipped LDM: the EMA U-Net as its weights, no trainer state, and the first
+    stage by reference (checked by sha256 when loaded) when it is a shipped autoencoder."""
+    from ldm_mini.checkpoints import save_checkpoint
+
+    checkpoint = load_checkpoint(source, expected_stage=STAGE)
+    config = {
+        k: v
+        for k, v in checkpoint.config.items()
+        if k not in ("stage", "step", "format_version", "library_version", "saved_at", "files")
+    }
+    if checkpoint.ema_state is None:
+        raise CheckpointError(f"{source} has no EMA weights to ship")
+    unet = {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
+    state = {f"unet.{k}": v for k, v in unet.items()}
+    if not config["first_stage"]["checkpoint"].startswith("shipped:"):
+        state.update(
+            {k: v for k, v in checkpoint.model_state.items() if k.startswith("first_stage.")}
+        )
+    config.update(extra, shipped_weights="ema")
+    return save_checkpoint(
+        destination, stage=STAGE, config=config, model_state=state, step=checkpoint.step
+    )
+
+
+def load_ldm(path: str | Path, device: str = "cpu", use_ema: bool = True):
+    """Load an LDM checkpoint (EMA weights of the U-Net by default); returns (ldm, config)."""
+    from ldm_mini.autoencoder import AutoencoderConfig, build_autoencoder
+
+    checkpoint = load_checkpoint(path, expected_stage=STAGE)
+    config = checkpoint.config
+    first = config["first_stage"]
+    if first["checkpoint"] == "identity":
+        first_stage: nn.Module = IdentityFirstStage(int(first["latent_channels"]))
+    else:
+        first_stage = build_autoencoder(AutoencoderConfig.from_dict(first["autoencoder"]["model"]))
+    state = checkpoint.model_state
+    first_state = {
+        k[len("first_stage.") :]: v for k, v in state.items() if k.startswith("first_stage.")
+    }
+    if not first_state and first["checkpoint"] != "identity":
+        first_state = _referenced_first_stage_state(first, path)
+    first_stage.load_state_dict(first_state)
+    unet = UNet(UNetConfig.from_dict(config["model"]))
+    if use_ema and checkpoint.ema_state is not None:
+        weights = {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
+    else:
+        if use_ema and config.get("shipped_weights") != "ema":
+            log.warning("%s has no EMA weights; using the raw U-Net weights", path)
+        weights = {k[len("unet.") :]: v for k, v in state.items() if k.startswith("unet.")}
+    try:
+        unet.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"the U-Net weights in {path} do not fit its config: {err}") from err
+    schedule = config_from_dict(DiffusionConfig, config["diffusion"], "diffusion").build()
+    ldm = LatentDiffusion(first_stage, unet, schedule, float(config["scale_factor"]))
+    return ldm.to(device).eval(), config
+
+
+def sample_labels(ldm: LatentDiffusion, n: int) -> Tensor | None:
+    """Labels 0, 1, ..., K-1, 0, 1, ... for n class-balanced samples (None if unconditional)."""
+    if ldm.num_classes is None:
+        return None
+    return torch.arange(n) % ldm.num_classes
+
+
+@torch.no_grad()
+def generate(
+    ldm: LatentDiffusion,
+    n: int,
+    image_size: int,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    guidance: float = 1.0,
+    seed: int = 0,
+    labels: Tensor | None = None,
+    batch_size: int = 250,
+    return_trajectory: bool = False,
+    progress: bool = False,
+):
+    """n images (n, C, H, W) in [-1, 1] in batches, reproducible from ``seed``.
+
+    Returns ``(images, labels, trajectories)``; trajectories (scaled latents after each
+    step) only for the first batch and only when ``return_trajectory``.
+    """
+    if image_size % ldm.downsampling_factor:
+        raise ValueError(
+            f"image size {image_size} is not divisible by the first stage's f = "
+            f"{ldm.downsampling_factor}."
+        )
+    latent = image_size // ldm.downsampling_factor
+    labels = sample_labels(ldm, n) if labels is None else labels
+    device = ldm.scale_factor.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    images, trajectory = [], None
+    for start in range(0, n, batch_size):
+        count = min(batch_size, n - start)
+        batch_labels = None if labels is None else labels[start : start + count]
+        out, output = ldm.sample(
+            count,
+            (latent, latent),
+            sampler=sampler,
+            steps=steps,
+            labels=batch_labels,
+            guidance=guidance,
+            generator=generator,
+            return_trajectory=return_trajectory and start == 0,
+            progress=progress,
+        )
+        images.append(out.cpu())
+        if return_trajectory and start == 0:
+            trajectory = output
+    return torch.cat(images), labels, trajectory
+
+
+@torch.no_grad()
+def evaluate_ldm(
+    path: str | Path,
+    n: int = 1000,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    guidance: float = 1.0,
+    seed: int = 0,
+    feature_extractor: str = "auto",
+    with_kid: bool = True,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """FD (and KID) of n samples against the first n images of the test split, and timing."""
+    from ldm_mini import metrics
+
+    start = time.perf_counter()
+    ldm, config = load_ldm(path, device)
+    data = DataConfig(**{**config["data"], "split": "test", "limit": n, "hflip": False})
+    test = build_dataset(data)
+    if len(test) < n:
+        raise ValueError(f"the test split has only {len(test)} images; use --n {len(test)}.")
+    real = torch.stack([test[i]["image"] for i in range(n)])
+    sample_start = time.perf_counter()
+    fake, _, _ = generate(
+        ldm, n, data.image_size, sampler=sampler, steps=steps, guidance=guidance, seed=seed
+    )
+    sampling_seconds = time.perf_counter() - sample_start
+    fd = metrics.frechet_distance(real, fake, feature_extractor)
+    result: dict[str, Any] = {
+        "checkpoint": str(path),
+        "dataset": data.dataset,
+        "n": n,
+        "sampler": sampler,
+        "steps": steps,
+        "guidance": guidance,
+        "fd": fd["fd"],
+        "fd_label": fd["label"],
+        "feature_extractor": fd["feature_extractor"],
+        "seconds_per_sample": sampling_seconds / n,
+    }
+    if with_kid:
+        kid = metrics.kernel_inception_distance(real, fake, fd["feature_extractor"])
+        result.update(kid=kid["kid_mean"], kid_std=kid["kid_std"], kid_label=kid["label"])
+    result["seconds"] = time.perf_counter() - start
+    return result
