@@ -14,6 +14,10 @@ from ldm_mini.first_stage import evaluate_autoencoder, load_autoencoder
 
 CHECKPOINTS = data_dir() / "checkpoints"
 SHIPPED = sorted(path for path in CHECKPOINTS.iterdir() if (path / "config.json").is_file())
+AUTOENCODERS = [
+    p for p in SHIPPED if json.loads((p / "config.json").read_text())["stage"] == "autoencoder"
+]
+LDMS = [p for p in SHIPPED if json.loads((p / "config.json").read_text())["stage"] == "ldm"]
 
 
 def test_every_shipped_checkpoint_is_listed_in_the_index():
@@ -23,7 +27,7 @@ def test_every_shipped_checkpoint_is_listed_in_the_index():
         assert f"`{path.name}/`" in index, f"{path.name} is missing from data/checkpoints/README.md"
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[path.name for path in SHIPPED])
+@pytest.mark.parametrize("path", AUTOENCODERS, ids=[path.name for path in AUTOENCODERS])
 def test_shipped_autoencoder_matches_its_card(path: Path, one_thread):
     config = json.loads((path / "config.json").read_text())
     assert config["stage"] == "autoencoder"
@@ -45,3 +49,25 @@ def test_shipped_autoencoder_matches_its_card(path: Path, one_thread):
     assert subset["latent_shape"] == measured["latent_shape"]
     assert abs(subset["psnr"] - measured["psnr"]) < 1.5, (subset["psnr"], measured["psnr"])
     assert abs(subset["ssim"] - measured["ssim"]) < 0.03
+
+
+def test_every_shipped_checkpoint_is_an_autoencoder_or_an_ldm():
+    assert set(SHIPPED) == set(AUTOENCODERS) | set(LDMS) and LDMS
+
+
+@pytest.mark.parametrize("path", LDMS, ids=[path.name for path in LDMS])
+def test_shipped_ldm_matches_its_card_and_samples(path: Path, one_thread):
+    from ldm_mini.ldm_training import generate, load_ldm
+
+    config = json.loads((path / "config.json").read_text())
+    card = (path / "README.md").read_text()
+    measured = config["metrics"]
+    assert f"| **samples of this LDM** | **{measured['fd']:.2f}** |" in card
+    assert re.search(r"`ldm-mini train-ldm [^`]+`", card), "the card gives the command"
+    assert not (path / "trainer_state.pt").exists()
+    # the first stage is referenced by sha256 and loads; the weights are the EMA
+    ldm, loaded = load_ldm(path)
+    assert loaded["shipped_weights"] == "ema" and ldm.num_classes == 10
+    images, labels, _ = generate(ldm, 4, 32, steps=4, seed=0)
+    assert images.shape == (4, 1, 32, 32) and torch.isfinite(images).all()
+    assert labels.tolist() == [0, 1, 2, 3]
