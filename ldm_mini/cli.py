@@ -52,38 +52,51 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_autoencoder(args: argparse.Namespace) -> int:
-    from ldm_mini.configs import apply_overrides, load_preset
-    from ldm_mini.first_stage import train_autoencoder
+def _run_training(args: argparse.Namespace, config: dict, flags: dict[str, object], train) -> int:
+    """Apply ``--set`` and the flags (config key -> value, None = not given), then train.
 
-    config = load_preset("autoencoder", args.preset)
+    ``--print-config`` prints the result instead; under ``torchrun`` each process joins the
+    process group first (one process per GPU, or CPU processes on gloo).
+    """
+    from ldm_mini.configs import apply_overrides
+    from ldm_mini.train import init_distributed_from_env
+
     overrides = list(args.set)
-    for flag, key in (
-        ("dataset", "data.dataset"),
-        ("image_size", "data.image_size"),
-        ("kind", "model.kind"),
-        ("f", "model.f"),
-        ("latent_channels", "model.latent_channels"),
-        ("steps", "train.steps"),
-        ("batch_size", "train.batch_size"),
-        ("device", "train.device"),
-        ("precision", "train.precision"),
-        ("seed", "train.seed"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
+    overrides += [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
     config = apply_overrides(config, overrides)
     if args.print_config:
         print(json.dumps(config, indent=2))
         return 0
-    from ldm_mini.train import init_distributed_from_env
-
-    init_distributed_from_env()  # under torchrun: one process per GPU (or CPU, gloo)
-    result = train_autoencoder(config, args.out, resume=not args.no_resume, progress=not args.quiet)
+    init_distributed_from_env()
+    result = train(config, args.out, resume=not args.no_resume, progress=not args.quiet)
     print(json.dumps(result))
     print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
     return 0
+
+
+def _engine_flags(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "train.steps": args.steps,
+        "train.batch_size": args.batch_size,
+        "train.device": args.device,
+        "train.precision": args.precision,
+        "train.seed": args.seed,
+    }
+
+
+def _cmd_train_autoencoder(args: argparse.Namespace) -> int:
+    from ldm_mini.configs import load_preset
+    from ldm_mini.first_stage import train_autoencoder
+
+    flags = {
+        "data.dataset": args.dataset,
+        "data.image_size": args.image_size,
+        "model.kind": args.kind,
+        "model.f": args.f,
+        "model.latent_channels": args.latent_channels,
+        **_engine_flags(args),
+    }
+    return _run_training(args, load_preset("autoencoder", args.preset), flags, train_autoencoder)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -101,37 +114,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_ldm(args: argparse.Namespace) -> int:
-    from ldm_mini.configs import apply_overrides
     from ldm_mini.ldm_training import load_ldm_preset, train_ldm
 
-    config = load_ldm_preset(args.preset)
-    overrides = list(args.set)
     if args.autoencoder and args.first_stage:
         raise ValueError("give --autoencoder DIR or --first-stage identity, not both")
-    first_stage = args.autoencoder or args.first_stage
-    for value, key in (
-        (first_stage, "first_stage.checkpoint"),
-        (args.dataset, "data.dataset"),
-        (args.condition, "condition.kind"),
-        (args.steps, "train.steps"),
-        (args.batch_size, "train.batch_size"),
-        (args.device, "train.device"),
-        (args.precision, "train.precision"),
-        (args.seed, "train.seed"),
-    ):
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
-    config = apply_overrides(config, overrides)
-    if args.print_config:
-        print(json.dumps(config, indent=2))
-        return 0
-    from ldm_mini.train import init_distributed_from_env
-
-    init_distributed_from_env()  # under torchrun: one process per GPU (or CPU, gloo)
-    result = train_ldm(config, args.out, resume=not args.no_resume, progress=not args.quiet)
-    print(json.dumps(result))
-    print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
-    return 0
+    flags = {
+        "first_stage.checkpoint": args.autoencoder or args.first_stage,
+        "data.dataset": args.dataset,
+        "condition.kind": args.condition,
+        **_engine_flags(args),
+    }
+    return _run_training(args, load_ldm_preset(args.preset), flags, train_ldm)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
