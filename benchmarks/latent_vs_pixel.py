@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
             rates[space].append(args.steps * args.batch_size / (time.perf_counter() - start))
     throughput = {space: statistics.median(values) for space, values in rates.items()}
     memory = {space: saved_activation_bytes(lambda s=space: train_step(s)) for space in models}
+    print(f"throughput (images/s): {throughput}; activations (MB): "
+          f"{ {s: round(b / 2**20, 1) for s, b in memory.items()} }", flush=True)  # fmt: skip
 
     # the same wall-clock training budget for both, then FD
     results = {}
@@ -140,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
         fake, _, _ = generate(model, args.n, 32, steps=args.sample_steps, seed=args.seed)
         seconds_per_sample = (time.perf_counter() - sample_start) / args.n
         fd = frechet_distance(real, fake.cpu())
+        print(f"{space}: {steps} steps in {args.budget} s, FD {fd['fd']:.1f}, "
+              f"{seconds_per_sample:.4f} s per sample", flush=True)  # fmt: skip
         results[space] = {
             "train_images_per_second": throughput[space],
             "activation_mb_per_step": memory[space] / 2**20,
