@@ -166,6 +166,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_result(result: dict, as_json: bool) -> None:
+    """One JSON object, or one aligned line per key."""
+    if as_json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        print(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
+
+
 def _cmd_evaluate_ldm(args: argparse.Namespace) -> int:
     from ldm_mini.ldm_training import evaluate_ldm
 
@@ -180,11 +189,7 @@ def _cmd_evaluate_ldm(args: argparse.Namespace) -> int:
         with_kid=not args.no_kid,
         device=args.device,
     )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
+    _print_result(result, args.json)
     return 0
 
 
@@ -201,11 +206,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         with_fd=not args.no_fd,
         device=args.device,
     )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
+    _print_result(result, args.json)
     return 0
 
 

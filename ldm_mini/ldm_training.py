@@ -355,7 +355,9 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
         cache = encode_dataset(first_stage, images, device=device)
         log.info("encoded %d images in %.1f s", len(images), time.perf_counter() - start)
     scale = latents_config.scale_factor
-    if scale is None:
+    if scale is None and first_stage_config is None:
+        scale = 1.0  # pixels in [-1, 1] are used as they are (LDM-1)
+    elif scale is None:
         if cache is not None:
             stats = estimate_scale_factor(IdentityFirstStage(channels), [cache[0]])
         else:
@@ -363,8 +365,6 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
             loader = torch.utils.data.DataLoader(subset, batch_size=500)
             stats = estimate_scale_factor(first_stage, (b["image"] for b in loader), device)
         scale = stats["scale_factor"]
-        if first_stage_config is None:
-            scale = 1.0  # pixels in [-1, 1] are used as they are (LDM-1)
     ldm = LatentDiffusion(first_stage, unet, parsed["diffusion"].build(), scale)
     dataset = images
     if cache is not None:
