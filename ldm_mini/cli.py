@@ -122,6 +122,7 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
         "first_stage.checkpoint": args.autoencoder or args.first_stage,
         "data.dataset": args.dataset,
         "condition.kind": args.condition,
+        "init.checkpoint": args.init_from,
         **_engine_flags(args),
     }
     return _run_training(args, load_ldm_preset(args.preset), flags, train_ldm)
@@ -291,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_ldm.add_argument("--dataset", help="dataset name or folder (default: the preset's)")
     train_ldm.add_argument("--condition", choices=["class", "none"], help="conditioning")
+    train_ldm.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="warm start: begin from this LDM checkpoint's (EMA) U-Net weights, fresh optimizer",
+    )
     train_ldm.add_argument("--steps", type=int, help="training steps")
     train_ldm.add_argument("--batch-size", type=int, help="batch size")
     train_ldm.add_argument("--device", help="auto, cpu, cuda, mps")

@@ -9,7 +9,8 @@ A config has the sections ``data``, ``first_stage`` (``checkpoint``: an autoenco
 ``model`` (the U-Net: every :class:`~ldm_mini.unet.UNetConfig` field; channels and classes
 are filled in from the first stage and the condition), ``diffusion`` (the schedule),
 ``condition`` (``kind`` none or class, ``drop_probability``), ``latents`` (scale factor and
-caching), ``optim`` and ``train`` (the engine). An LDM checkpoint holds the U-Net, its EMA
+caching), ``init`` (optional warm start: the U-Net weights of an earlier LDM checkpoint),
+``optim`` and ``train`` (the engine). An LDM checkpoint holds the U-Net, its EMA
 and the first stage's weights, so it samples on its own.
 """
 
@@ -33,6 +34,7 @@ from ldm_mini.train import TrainConfig, Trainer, TrainingStage, config_from_dict
 from ldm_mini.unet import UNet, UNetConfig
 
 STAGE = "ldm"
+MODEL_FILE = "model.safetensors"
 CONDITIONS = ("none", "class")
 log = logging.getLogger("ldm_mini.ldm_training")
 
@@ -94,6 +96,26 @@ class LatentsConfig:
 
 
 @dataclass
+class InitConfig:
+    """Optional warm start: begin from the U-Net weights of an earlier LDM checkpoint.
+
+    ``checkpoint``: an LDM checkpoint or run folder (None: random initialisation);
+    ``weights``: "ema" (its EMA, what it samples with) or "raw". The optimizer, step count
+    and EMA start fresh; the U-Net config, first stage and scale factor must match.
+    """
+
+    checkpoint: str | None = None
+    weights: str = "ema"
+
+    def __post_init__(self) -> None:
+        if self.weights not in ("ema", "raw"):
+            raise ValueError(f"init.weights must be 'ema' or 'raw', got {self.weights!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class LDMOptimConfig:
     """AdamW for the U-Net."""
 
@@ -115,6 +137,7 @@ SECTIONS = (
     "diffusion",
     "condition",
     "latents",
+    "init",
     "optim",
     "train",
 )
@@ -152,6 +175,7 @@ def parse_config(config: dict[str, Any]) -> dict[str, Any]:
         "diffusion": config_from_dict(DiffusionConfig, config.get("diffusion", {}), "diffusion"),
         "condition": config_from_dict(ConditionConfig, config.get("condition", {}), "condition"),
         "latents": config_from_dict(LatentsConfig, config.get("latents", {}), "latents"),
+        "init": config_from_dict(InitConfig, config.get("init", {}), "init"),
         "optim": config_from_dict(LDMOptimConfig, optim_values, "optim"),
         "train": TrainConfig.from_dict(config.get("train", {})),
     }
@@ -310,6 +334,7 @@ class LDMStage(TrainingStage):
             "diffusion": parsed["diffusion"].to_dict(),
             "condition": parsed["condition"].to_dict(),
             "latents": parsed["latents"].to_dict(),
+            "init": parsed["init"].to_dict(),
             "scale_factor": float(self.ldm.scale_factor),
             "optim": parsed["optim"].to_dict(),
         }
@@ -349,12 +374,23 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
     unet = UNet(UNetConfig.from_dict(model_values))
     first_stage = first_stage.to(device)
     latents_config: LatentsConfig = parsed["latents"]
+    init: InitConfig = parsed["init"]
+    init_scale = None
+    if init.checkpoint is not None:
+        init_scale = warm_start(unet, init, first_stage_config)
     cache = None
     if latents_config.cache and not data.hflip:
         start = time.perf_counter()
         cache = encode_dataset(first_stage, images, device=device)
         log.info("encoded %d images in %.1f s", len(images), time.perf_counter() - start)
     scale = latents_config.scale_factor
+    if init_scale is not None:
+        if scale is not None and abs(scale - init_scale) > 1e-6 * init_scale:
+            raise ValueError(
+                f"latents.scale_factor={scale} but the warm-start checkpoint {init.checkpoint} "
+                f"was trained with {init_scale}; leave latents.scale_factor null."
+            )
+        scale = init_scale  # the U-Net learned latents scaled by exactly this
     if scale is None and first_stage_config is None:
         scale = 1.0  # pixels in [-1, 1] are used as they are (LDM-1)
     elif scale is None:
@@ -371,6 +407,52 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
         dataset = LatentDataset(cache[0] * scale, cache[1])  # on the CPU: the engine moves batches
     stage = LDMStage(ldm, parsed, first_stage_config)
     return stage, dataset, parsed["train"]
+
+
+def warm_start(unet: UNet, init: InitConfig, first_stage_config: dict[str, Any] | None) -> float:
+    """Load ``init.checkpoint``'s U-Net weights into ``unet``; returns its scale factor.
+
+    Refuses (ValueError) a checkpoint whose U-Net config or first stage differs from this
+    run's: its weights would then mean something else.
+    """
+    source = load_checkpoint(resolve_first_stage_path(init.checkpoint), expected_stage=STAGE)
+    theirs = UNetConfig.from_dict(source.config["model"]).to_dict()
+    ours = unet.config.to_dict()
+    different = sorted(k for k in ours if ours[k] != theirs.get(k))
+    if different:
+        raise ValueError(
+            f"init.checkpoint {init.checkpoint} has another U-Net: "
+            + ", ".join(f"{k} {theirs.get(k)!r} there vs {ours[k]!r} here" for k in different)
+        )
+    ours_sha = None if first_stage_config is None else first_stage_config["files"][MODEL_FILE]
+    if source.config["first_stage"].get("model_sha256") != ours_sha:
+        raise ValueError(
+            f"init.checkpoint {init.checkpoint} was trained on another first stage "
+            f"({source.config['first_stage']['checkpoint']}); warm starts need the same one."
+        )
+    only_ema = source.config.get("shipped_weights") == "ema"  # a shipped LDM: EMA as weights
+    if init.weights == "ema" and source.ema_state is not None:
+        weights = {k: v for k, v in source.ema_state.items() if not k.startswith("__")}
+    elif init.weights == "ema" and not only_ema:
+        raise ValueError(
+            f"init.checkpoint {init.checkpoint} has no EMA weights; set init.weights=raw"
+        )
+    elif init.weights == "raw" and only_ema:
+        raise ValueError(
+            f"init.checkpoint {init.checkpoint} ships only its EMA weights; set init.weights=ema"
+        )
+    else:
+        weights = {
+            k[len("unet.") :]: v for k, v in source.model_state.items() if k.startswith("unet.")
+        }
+    unet.load_state_dict(weights)
+    log.info(
+        "U-Net initialised from %s (%s weights, step %d)",
+        init.checkpoint,
+        init.weights,
+        source.step,
+    )
+    return float(source.config["scale_factor"])
 
 
 def train_ldm(

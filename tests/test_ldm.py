@@ -332,6 +332,38 @@ def test_shipped_export_refers_to_the_autoencoder_by_sha256(tmp_path: Path, monk
         load_ldm(shipped)
 
 
+def test_warm_start_begins_from_the_ema_weights_and_refuses_mismatches(tmp_path: Path):
+    from ldm_mini.ldm_training import make_stage
+
+    train_ldm(tiny_config(), tmp_path / "first", progress=False)
+    source, source_config = load_ldm(tmp_path / "first")  # the EMA weights
+    first = str(tmp_path / "first")
+    stage, _, _ = make_stage(tiny_config(**{"init.checkpoint": first}))
+    for name, tensor in source.unet.state_dict().items():
+        assert torch.equal(stage.ldm.unet.state_dict()[name], tensor), name
+    assert float(stage.ldm.scale_factor) == pytest.approx(source_config["scale_factor"])
+    assert stage.checkpoint_config()["init"]["checkpoint"] == first
+    # the raw weights are another starting point, and a random start differs from both
+    raw_stage, _, _ = make_stage(tiny_config(**{"init.checkpoint": first, "init.weights": "raw"}))
+    raw = load_checkpoint(tmp_path / "first").model_state
+    for name, tensor in raw_stage.ldm.unet.state_dict().items():
+        assert torch.equal(tensor, raw[f"unet.{name}"]), name
+    fresh, _, _ = make_stage(tiny_config())
+    fresh_state = fresh.ldm.unet.state_dict()
+    assert any(not torch.equal(fresh_state[k], v) for k, v in source.unet.state_dict().items())
+    # training goes on from there
+    train_ldm(tiny_config(**{"init.checkpoint": first}), tmp_path / "warm", progress=False)
+    assert load_checkpoint(tmp_path / "warm").config["init"]["checkpoint"] == first
+    with pytest.raises(ValueError, match="another U-Net: base_channels"):
+        make_stage(tiny_config(**{"init.checkpoint": first, "model.base_channels": 8}))
+    with pytest.raises(ValueError, match="another U-Net|another first stage"):
+        make_stage(tiny_config(**{"init.checkpoint": first, "first_stage.checkpoint": "identity"}))
+    with pytest.raises(ValueError, match="leave latents.scale_factor null"):
+        make_stage(tiny_config(**{"init.checkpoint": first, "latents.scale_factor": 3.0}))
+    with pytest.raises(ValueError, match="init.weights must be"):
+        parse_config(tiny_config(**{"init.weights": "best"}))
+
+
 def _distributed_worker(rank: int, world_size: int, init_file: str, config: dict, out: str):
     import torch.distributed as dist
 
