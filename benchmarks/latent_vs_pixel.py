@@ -4,8 +4,8 @@ The paper's central claim, measured: diffusion on the f = 4 latents of the shipp
 autoencoder (8x8x8 for 32x32 Fashion-MNIST) against diffusion on the 32x32 pixels, with the
 same U-Net preset (only the input channels differ). For each space:
 
-* training throughput (images per second; forward, backward, AdamW step), interleaved
-  rounds after warm-up, medians;
+* training throughput (images per second; forward, backward, AdamW step, with the LDM
+  preset's batch size and learning rate), interleaved rounds after warm-up, medians;
 * sampling seconds per image (DDIM, decoding included for latents);
 * training activation memory: the bytes autograd saves for backward in one training step
   (measured with saved-tensor hooks, so it works on CPU; on CUDA the peak allocated memory
@@ -17,7 +17,7 @@ An f = 8 autoencoder is not shipped, so f = 8 is left out ("where it fits" in th
 Prints a table and a final JSON line with ``throughput_ratio`` (latent / pixel images per
 second). Usage::
 
-    OMP_NUM_THREADS=2 python benchmarks/latent_vs_pixel.py --budget 300
+    OMP_NUM_THREADS=2 python benchmarks/latent_vs_pixel.py --budget 300 --n 300
 """
 
 from __future__ import annotations
@@ -33,7 +33,12 @@ from ldm_mini.data import TensorImageDataset, load_dataset
 from ldm_mini.diffusion import NoiseSchedule
 from ldm_mini.first_stage import load_autoencoder
 from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor
-from ldm_mini.ldm_training import encode_dataset, generate, resolve_first_stage_path
+from ldm_mini.ldm_training import (
+    encode_dataset,
+    generate,
+    load_ldm_preset,
+    resolve_first_stage_path,
+)
 from ldm_mini.metrics import frechet_distance
 from ldm_mini.train import ExponentialMovingAverage
 from ldm_mini.unet import UNet, unet_preset
@@ -65,15 +70,20 @@ def saved_activation_bytes(step) -> int:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="cpu", help="U-Net preset for both (default: cpu)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: the LDM preset's batch size"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per space")
     parser.add_argument("--steps", type=int, default=3, help="training steps per round")
-    parser.add_argument("--budget", type=float, default=300, help="training seconds per space")
-    parser.add_argument("--n", type=int, default=500, help="samples and test images for FD")
+    parser.add_argument(
+        "--budget", type=float, default=300, help="training seconds per space (0: no FD phase)"
+    )
+    parser.add_argument("--n", type=int, default=300, help="samples and test images for FD")
     parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--train-images", type=int, default=20000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json-out", help="also write the final JSON to this file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 
@@ -90,7 +100,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     models = {space: build(space, autoencoder, args.preset, args.seed).to(device)
               for space in ("pixel", "latent")}  # fmt: skip
-    optimizers = {s: torch.optim.AdamW(m.unet.parameters(), 2e-4) for s, m in models.items()}
+    preset = load_ldm_preset(args.preset)  # its learning rate and batch size, for both spaces
+    lr = preset["optim"]["lr"]
+    if args.batch_size is None:
+        args.batch_size = preset["train"]["batch_size"]
+    optimizers = {s: torch.optim.AdamW(m.unet.parameters(), lr) for s, m in models.items()}
     generator = torch.Generator().manual_seed(args.seed)
 
     def train_step(space: str) -> None:
@@ -123,14 +137,27 @@ def main(argv: list[str] | None = None) -> dict:
           f"{ {s: round(b / 2**20, 1) for s, b in memory.items()} }", flush=True)  # fmt: skip
 
     # the same wall-clock training budget for both, then FD
-    results = {}
+    results = {
+        space: {
+            "train_images_per_second": throughput[space],
+            "activation_mb_per_step": memory[space] / 2**20,
+            "sample_seconds_per_image": None,
+            "budget_seconds": args.budget,
+            "budget_steps": 0,
+            "fd": None,
+            "fd_label": None,
+        }
+        for space in models
+    }
     real = torch.stack([test[i]["image"] for i in range(args.n)])
     for space, model in models.items():
+        if args.budget <= 0:
+            break
         torch.manual_seed(args.seed)
         model.unet.load_state_dict(
             build(space, autoencoder, args.preset, args.seed).unet.state_dict()
         )
-        optimizers[space] = torch.optim.AdamW(model.unet.parameters(), 2e-4)
+        optimizers[space] = torch.optim.AdamW(model.unet.parameters(), lr)
         ema = ExponentialMovingAverage(model.unet, 0.999)
         steps, start = 0, time.perf_counter()
         while time.perf_counter() - start < args.budget:
@@ -144,19 +171,16 @@ def main(argv: list[str] | None = None) -> dict:
         fd = frechet_distance(real, fake.cpu())
         print(f"{space}: {steps} steps in {args.budget} s, FD {fd['fd']:.1f}, "
               f"{seconds_per_sample:.4f} s per sample", flush=True)  # fmt: skip
-        results[space] = {
-            "train_images_per_second": throughput[space],
-            "activation_mb_per_step": memory[space] / 2**20,
-            "sample_seconds_per_image": seconds_per_sample,
-            "budget_seconds": args.budget,
-            "budget_steps": steps,
-            "fd": fd["fd"],
-            "fd_label": fd["label"],
-        }
+        results[space].update(
+            sample_seconds_per_image=seconds_per_sample,
+            budget_steps=steps,
+            fd=fd["fd"],
+            fd_label=fd["label"],
+        )
         if device.type == "cuda":
             results[space]["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
-    print(f"U-Net preset {args.preset!r} for both; batch {args.batch_size}; "
+    print(f"U-Net preset {args.preset!r} for both; batch {args.batch_size}; AdamW lr {lr}; "
           f"{torch.get_num_threads()} threads; device {device}")  # fmt: skip
     header = (f"{'space':8s} {'input':>10s} {'img/s':>8s} {'act. MB':>8s} {'s/sample':>9s} "
               f"{'steps in budget':>15s} {'FD':>8s}")  # fmt: skip
@@ -164,19 +188,37 @@ def main(argv: list[str] | None = None) -> dict:
     print("-" * len(header))
     for space, row in results.items():
         shape = "1x32x32" if space == "pixel" else "x".join(map(str, latents.shape[1:]))
+        sample = "-" if row["fd"] is None else f"{row['sample_seconds_per_image']:.4f}"
+        fd = "-" if row["fd"] is None else f"{row['fd']:.2f}"
         print(f"{space:8s} {shape:>10s} {row['train_images_per_second']:8.1f} "
-              f"{row['activation_mb_per_step']:8.1f} {row['sample_seconds_per_image']:9.4f} "
-              f"{row['budget_steps']:15d} {row['fd']:8.2f}")  # fmt: skip
+              f"{row['activation_mb_per_step']:8.1f} {sample:>9s} "
+              f"{row['budget_steps']:15d} {fd:>8s}")  # fmt: skip
+    sampled = results["latent"]["fd"] is not None
     summary = {
         "throughput_ratio": throughput["latent"] / throughput["pixel"],
         "sampling_speedup": results["pixel"]["sample_seconds_per_image"]
-        / results["latent"]["sample_seconds_per_image"],
+        / results["latent"]["sample_seconds_per_image"]
+        if sampled
+        else None,
         "fd_pixel": results["pixel"]["fd"],
         "fd_latent": results["latent"]["fd"],
         "fd_label": results["latent"]["fd_label"],
         "spaces": results,
+        "settings": {
+            "preset": args.preset,
+            "batch_size": args.batch_size,
+            "lr": lr,
+            "threads": torch.get_num_threads(),
+            "device": str(device),
+            "train_images": args.train_images,
+            "n": args.n,
+            "sample_steps": args.sample_steps,
+        },
     }
     print(json.dumps(summary))
+    if args.json_out:
+        with open(args.json_out, "w") as handle:
+            json.dump(summary, handle, indent=2)
     return summary
 
 

@@ -95,6 +95,39 @@ def estimate_scale_factor(
     return {"scale_factor": 1.0 / std, "latent_mean": mean, "latent_std": std, "count": count}
 
 
+def slerp(a: Tensor, b: Tensor, alphas: Tensor | Iterable[float]) -> Tensor:
+    """Spherical interpolation between two noise tensors, for every alpha in [0, 1].
+
+    ``a`` and ``b``: tensors of one shape S (e.g. (c, h, w) starting noise x_T); ``alphas``:
+    K values. Returns (K, *S). With theta the angle between a and b (flattened),
+    slerp = sin((1 - alpha) theta) / sin theta * a + sin(alpha theta) / sin theta * b, which
+    keeps the norm of Gaussian noise typical (a straight line between two samples of
+    N(0, I) passes through points of norm about sqrt(1/2) of theirs halfway, which the
+    sampler never saw). Nearly parallel inputs fall back to the straight line.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    alphas = torch.as_tensor(alphas if isinstance(alphas, Tensor) else list(alphas))
+    alphas = alphas.to(dtype=torch.float64, device=a.device).reshape(-1)
+    if alphas.numel() == 0 or float(alphas.min()) < 0 or float(alphas.max()) > 1:
+        raise ValueError("alphas must be one or more values in [0, 1].")
+    flat_a, flat_b = a.reshape(-1).double(), b.reshape(-1).double()
+    norms = flat_a.norm() * flat_b.norm()
+    if not norms > 0:
+        raise ValueError("a and b must be nonzero to interpolate on the sphere.")
+    # theta = arccos(<a, b> / (|a| |b|))
+    theta = torch.arccos((flat_a @ flat_b / norms).clamp(-1.0, 1.0))
+    alphas = alphas[:, None]
+    if float(torch.sin(theta)) < 1e-6:
+        mixed = (1 - alphas) * flat_a + alphas * flat_b
+    else:
+        # slerp(a, b; alpha) = [sin((1 - alpha) theta) a + sin(alpha theta) b] / sin(theta)
+        mixed = (
+            torch.sin((1 - alphas) * theta) * flat_a + torch.sin(alphas * theta) * flat_b
+        ) / torch.sin(theta)
+    return mixed.reshape(-1, *a.shape).to(a.dtype)
+
+
 class LatentDiffusion(nn.Module):
     """A frozen first stage, the denoising U-Net and the noise schedule, as one model.
 

@@ -13,7 +13,7 @@ from ldm_mini.autoencoder import AutoencoderConfig, build_autoencoder
 from ldm_mini.checkpoints import CheckpointError, load_checkpoint
 from ldm_mini.configs import PRESETS, apply_overrides, available_presets
 from ldm_mini.diffusion import NoiseSchedule
-from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor
+from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor, slerp
 from ldm_mini.ldm_training import load_ldm, load_ldm_preset, parse_config, train_ldm
 from ldm_mini.train import ExponentialMovingAverage
 from ldm_mini.unet import UNet, UNetConfig
@@ -74,6 +74,31 @@ def test_scale_factor_is_one_over_the_population_std():
         estimate_scale_factor(IdentityFirstStage(2), [])
     with pytest.raises(ValueError, match="zero variance"):
         estimate_scale_factor(IdentityFirstStage(2), [torch.ones(2, 2, 4, 4)])
+
+
+def test_slerp_endpoints_norm_and_straight_line_fallback():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 4, 4, generator=generator), torch.randn(2, 4, 4, generator=generator)
+    path = slerp(a, b, torch.linspace(0, 1, 5))
+    assert path.shape == (5, 2, 4, 4)
+    torch.testing.assert_close(path[0], a)
+    torch.testing.assert_close(path[-1], b)
+    # orthogonal unit vectors: every point stays on the unit circle, at angle alpha * 90 deg
+    x, y = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    circle = slerp(x, y, [0.0, 1 / 3, 0.5, 1.0])
+    torch.testing.assert_close(circle.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(circle[1], torch.tensor([3**0.5 / 2, 0.5]))
+    # the straight line halfway between two noise draws is shorter; slerp's is not
+    midpoint_norm = float(slerp(a, b, [0.5])[0].norm())
+    assert midpoint_norm > 1.1 * float(((a + b) / 2).norm())
+    # parallel inputs: the straight line
+    torch.testing.assert_close(slerp(x, 2 * x, [0.5])[0], torch.tensor([1.5, 0.0]))
+    with pytest.raises(ValueError, match="one shape"):
+        slerp(a, b[0], [0.5])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        slerp(a, b, [1.5])
+    with pytest.raises(ValueError, match="nonzero"):
+        slerp(torch.zeros(3), torch.ones(3), [0.5])
 
 
 def test_encode_scales_and_decode_unscales():
