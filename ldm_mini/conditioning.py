@@ -1,0 +1,258 @@
+"""Condition encoders tau_theta: class labels and text to the tokens the U-Net cross-attends to.
+
+Taught in notebook 07_cross_attention_conditioning. The paper (Sec. 3.3) maps a condition y
+with a domain-specific encoder tau_theta to a sequence tau_theta(y) of shape (B, M, d_tau);
+every transformer of the U-Net then attends to it with Q = W_Q phi(z_t), K = W_K tau_theta(y),
+V = W_V tau_theta(y). Every encoder here returns ``(tokens, mask)``: tokens (B, M, d_tau) and
+a bool mask (B, M), True for a real token, False for padding (padding gets zero attention).
+
+* :class:`ClassEmbedder`: one learned token per class, plus a learned null class
+  (index ``num_classes``) for classifier-free guidance.
+* :class:`WordTokenizer` + :class:`TextEncoder`: the paper's jointly trained text encoder in
+  miniature, a word-level vocabulary built from the dataset's captions and a small
+  transformer. Word level, not WordPiece: the course's captions use a closed vocabulary of a
+  few dozen words ("a red circle above a blue square"), so every word is one token, the
+  attention maps of notebook 07 are per word, and an unknown word is a clear error instead
+  of being split into pieces the model never saw. The null condition is the empty caption
+  (only the start token), as in Stable Diffusion.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ldm_mini.attention import Attention, FeedForward
+
+PAD, UNKNOWN, START = "<pad>", "<unk>", "<start>"
+SPECIAL_TOKENS = (PAD, UNKNOWN, START)
+UNKNOWN_POLICIES = ("error", "unk")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-cased words of ``text`` (letters and digits; punctuation and spaces split)."""
+    if not isinstance(text, str):
+        raise TypeError(f"a caption must be a str, got {type(text).__name__}")
+    return _WORD.findall(text.lower())
+
+
+class ClassEmbedder(nn.Module):
+    """tau_theta for class labels: label (B,) -> one token (B, 1, dim) and its mask (B, 1).
+
+    Labels 0..num_classes-1 are the classes; ``num_classes`` itself is the learned null class
+    (the unconditional branch of classifier-free guidance). Other values are a clear error.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.dim = dim
+        self.embedding = nn.Embedding(num_classes + 1, dim)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def null_condition(self, batch: int) -> Tensor:
+        """Labels (batch,) of the null class."""
+        return torch.full((batch,), self.num_classes, dtype=torch.long)
+
+    def forward(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.is_floating_point():
+            raise ValueError(
+                "labels must be an integer tensor (B,), got "
+                f"{getattr(labels, 'dtype', type(labels))} of shape "
+                f"{tuple(getattr(labels, 'shape', ()))}"
+            )
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
+            raise ValueError(
+                f"class labels must lie in [0, {self.num_classes}) or be {self.num_classes} (the "
+                f"null class); got values in [{int(labels.min())}, {int(labels.max())}]"
+            )
+        # tau_theta(y) = E[y]: one token per sample
+        tokens = self.embedding(labels.long())[:, None, :]
+        return tokens, torch.ones(labels.shape[0], 1, dtype=torch.bool, device=labels.device)
+
+
+class WordTokenizer:
+    """A word-level vocabulary built from captions; captions -> token ids and a padding mask.
+
+    Every caption becomes ``<start> w_1 ... w_n`` then padding up to ``max_length``; the
+    empty caption is ``<start>`` alone, the null condition. Captions longer than
+    ``max_length - 1`` words are truncated with a warning (``truncate=True``, the default) or
+    refused. Words outside the vocabulary are an error naming them (``unknown="error"``, the
+    default) or become ``<unk>`` (``unknown="unk"``). The vocabulary is plain JSON
+    (:meth:`to_dict`), stored in checkpoints' config.
+    """
+
+    def __init__(self, vocabulary: Sequence[str], max_length: int = 16) -> None:
+        vocabulary = list(vocabulary)
+        if tuple(vocabulary[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"the vocabulary must start with the special tokens {SPECIAL_TOKENS}")
+        if len(set(vocabulary)) != len(vocabulary):
+            raise ValueError("the vocabulary has duplicate words")
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(
+                f"max_length must be an int >= 2 (start + one word), got {max_length!r}"
+            )
+        self.vocabulary = vocabulary
+        self.max_length = max_length
+        self.index = {word: i for i, word in enumerate(vocabulary)}
+
+    @classmethod
+    def from_captions(
+        cls, captions: Iterable[str], max_length: int = 16, min_count: int = 1
+    ) -> WordTokenizer:
+        """Every word seen at least ``min_count`` times, most frequent first (ties: a-z)."""
+        counts = Counter(word for caption in captions for word in words_of(caption))
+        if not counts:
+            raise ValueError("no words in the captions: cannot build a vocabulary")
+        words = sorted(
+            (w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w)
+        )
+        return cls([*SPECIAL_TOKENS, *words], max_length)
+
+    def __len__(self) -> int:
+        return len(self.vocabulary)
+
+    @property
+    def pad_id(self) -> int:
+        return self.index[PAD]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "word", "vocabulary": list(self.vocabulary), "max_length": self.max_length}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> WordTokenizer:
+        if values.get("kind") != "word":
+            raise ValueError(f"not a word-level tokenizer: kind={values.get('kind')!r}")
+        return cls(values["vocabulary"], int(values["max_length"]))
+
+    def encode(
+        self, captions: Sequence[str], unknown: str = "error", truncate: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """Captions (B strings) -> ids (B, max_length) long and mask (B, max_length) bool."""
+        if unknown not in UNKNOWN_POLICIES:
+            raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
+        if isinstance(captions, str):
+            raise TypeError("pass a list of captions, e.g. ['a red circle'], not one string")
+        ids = torch.full((len(captions), self.max_length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(captions), self.max_length, dtype=torch.bool)
+        for row, caption in enumerate(captions):
+            words = words_of(caption)
+            missing = sorted({w for w in words if w not in self.index})
+            if missing and unknown == "error":
+                raise ValueError(
+                    f"caption {caption!r} has words outside the vocabulary: {missing}. This text "
+                    f"encoder knows {len(self) - len(SPECIAL_TOKENS)} words (see "
+                    "tokenizer.vocabulary); rephrase, or pass unknown='unk' to map them to <unk>."
+                )
+            if len(words) > self.max_length - 1:
+                if not truncate:
+                    raise ValueError(
+                        f"caption {caption!r} has {len(words)} words; the limit is "
+                        f"{self.max_length - 1} (max_length {self.max_length} with <start>)"
+                    )
+                warnings.warn(
+                    f"caption {caption!r} has {len(words)} words; keeping the first "
+                    f"{self.max_length - 1} (max_length {self.max_length} with <start>)",
+                    stacklevel=2,
+                )
+                words = words[: self.max_length - 1]
+            tokens = [self.index[START]] + [self.index.get(w, self.index[UNKNOWN]) for w in words]
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = True
+        return ids, mask
+
+    def decode(self, ids: Tensor, mask: Tensor | None = None) -> list[str]:
+        """Token ids (B, L) -> the words (without <start> and padding), joined by spaces."""
+        texts = []
+        for row in range(ids.shape[0]):
+            keep = range(ids.shape[1]) if mask is None else mask[row].nonzero().flatten().tolist()
+            words = [self.vocabulary[int(ids[row, i])] for i in keep]
+            texts.append(" ".join(w for w in words if w not in (PAD, START)))
+        return texts
+
+
+class TextEncoderLayer(nn.Module):
+    """Pre-norm transformer encoder layer with a padding mask: (B, L, dim) -> (B, L, dim)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = Attention(dim, None, heads, dim // heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.feed_forward = FeedForward(dim, dropout=dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        # x <- x + SelfAttn(LN(x)), padding keys masked out
+        x = x + self.attention(self.norm1(x), key_padding_mask=mask)
+        # x <- x + FF(LN(x))
+        return x + self.feed_forward(self.norm2(x))
+
+
+class TextEncoder(nn.Module):
+    """tau_theta for text, trained jointly with the U-Net (the paper's transformer, small).
+
+    ``forward(captions)`` tokenizes with its :class:`WordTokenizer` and returns ``(tokens,
+    mask)``: tokens (B, max_length, dim) after a final LayerNorm, mask (B, max_length) True
+    for real tokens. Padded positions cannot influence real ones (masked self-attention), so
+    the tokens of a caption do not depend on how much padding follows it.
+    """
+
+    def __init__(
+        self,
+        tokenizer: WordTokenizer,
+        dim: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        dropout: float = 0.0,
+        unknown: str = "error",
+    ) -> None:
+        super().__init__()
+        if unknown not in UNKNOWN_POLICIES:
+            raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
+        self.tokenizer = tokenizer
+        self.dim = dim
+        self.unknown = unknown
+        self.token_embedding = nn.Embedding(len(tokenizer), dim)
+        self.position_embedding = nn.Parameter(torch.zeros(tokenizer.max_length, dim))
+        nn.init.normal_(self.position_embedding, std=0.02)
+        self.layers = nn.ModuleList(TextEncoderLayer(dim, heads, dropout) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(dim)
+
+    def null_condition(self, batch: int) -> list[str]:
+        """The null condition for classifier-free guidance: ``batch`` empty captions."""
+        return [""] * batch
+
+    def encode_ids(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Token ids (B, L) and mask (B, L) -> tokens (B, L, dim)."""
+        if ids.ndim != 2 or mask.shape != ids.shape:
+            raise ValueError(
+                f"ids and mask must both be (B, L), got {tuple(ids.shape)}, {tuple(mask.shape)}"
+            )
+        length = ids.shape[1]
+        if length > self.tokenizer.max_length:
+            raise ValueError(f"{length} tokens, more than max_length {self.tokenizer.max_length}")
+        # h_0 = E_token[ids] + E_position[0..L-1]
+        x = self.token_embedding(ids) + self.position_embedding[:length]
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x)
+
+    def forward(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        ids, mask = self.tokenizer.encode(captions, unknown=self.unknown)
+        device = self.token_embedding.weight.device
+        ids, mask = ids.to(device), mask.to(device)
+        return self.encode_ids(ids, mask), mask
