@@ -141,6 +141,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         if ldm.num_classes is None:
             raise ValueError("--label needs a class-conditional checkpoint")
         labels = torch.full((args.n,), args.label)
+    prompts = None
+    if args.prompt:
+        if ldm.condition_encoder is None:
+            raise ValueError("--prompt needs a text-conditional checkpoint (--condition text)")
+        if len(args.prompt) not in (1, args.n):
+            raise ValueError(f"give one --prompt (used for all {args.n}) or {args.n} of them")
+        prompts = args.prompt * args.n if len(args.prompt) == 1 else list(args.prompt)
+    elif ldm.condition_encoder is not None:
+        raise ValueError('this checkpoint is text-conditional: give --prompt "a red circle ..."')
     images, labels, trajectory = generate(
         ldm,
         args.n,
@@ -150,6 +159,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         seed=args.seed,
         labels=labels,
+        prompts=prompts,
         return_trajectory=args.trajectory is not None,
         progress=not args.quiet,
     )
@@ -291,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--first-stage", choices=["identity"], help="identity: diffusion in pixel space (LDM-1)"
     )
     train_ldm.add_argument("--dataset", help="dataset name or folder (default: the preset's)")
-    train_ldm.add_argument("--condition", choices=["class", "none"], help="conditioning")
+    train_ldm.add_argument(
+        "--condition", choices=["class", "text", "none"], help="conditioning (default: class)"
+    )
     train_ldm.add_argument(
         "--init-from",
         metavar="CHECKPOINT",
@@ -321,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
     sample.add_argument("--guidance", type=float, default=1.0, help="CFG scale w (default: 1)")
     sample.add_argument("--label", type=int, help="one class for all samples (default: 0..K-1)")
+    sample.add_argument(
+        "--prompt",
+        action="append",
+        help='text models: the prompt (once: for all samples; or once per sample); "" is the '
+        "unconditional prompt",
+    )
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--image-size", type=int, help="default: the training size")
     sample.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA weights")

@@ -81,7 +81,13 @@ def build_dataset(data: DataConfig, seed: int = 0):
     """The training images as a :class:`~ldm_mini.data.TensorImageDataset`."""
     from ldm_mini.data import TensorImageDataset, load_dataset
 
-    hf_dataset = load_dataset(data.dataset, split=data.split)
+    kwargs = {}
+    if data.dataset == "shapes" and data.limit is not None:
+        from ldm_mini.data.shapes import DEFAULT_SIZES
+
+        # shapes are generated, and any prefix equals the smaller set: render only the limit
+        kwargs["num_samples"] = min(data.limit, DEFAULT_SIZES.get(data.split, data.limit))
+    hf_dataset = load_dataset(data.dataset, split=data.split, **kwargs)
     if data.limit is not None:
         hf_dataset = hf_dataset.select(range(min(data.limit, len(hf_dataset))))
     return TensorImageDataset(

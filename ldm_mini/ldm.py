@@ -14,7 +14,7 @@ in the checkpoint (Stable Diffusion's 0.18215 is exactly this for its KL-f8 auto
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -137,8 +137,11 @@ class LatentDiffusion(nn.Module):
         unet: eps_theta; its ``in_channels`` must equal the first stage's latent channels.
         schedule: the forward process q(z_t | z_0).
         scale_factor: s, latents are ``s * E(x)``; 1.0 for pixel space.
-        num_classes: with a class-conditional U-Net (``num_classes`` in its config), the
-            label ``num_classes`` is the null class (classifier-free guidance).
+        condition_encoder: tau_theta for text (``ldm_mini.conditioning.TextEncoder``), trained
+            jointly with the U-Net, whose tokens the U-Net cross-attends to (its
+            ``context_dim`` must equal the encoder's ``dim``); None for class-conditional
+            (``num_classes`` in the U-Net's config: the label ``num_classes`` is the null
+            class of classifier-free guidance) and unconditional models.
     """
 
     def __init__(
@@ -147,9 +150,22 @@ class LatentDiffusion(nn.Module):
         unet: UNet,
         schedule: NoiseSchedule,
         scale_factor: float = 1.0,
+        condition_encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         channels, factor = first_stage_shape(first_stage)
+        context_dim = unet.config.context_dim
+        if condition_encoder is not None and context_dim != getattr(condition_encoder, "dim", None):
+            raise ValueError(
+                f"the U-Net cross-attends to {context_dim}-dim tokens but the condition encoder "
+                f"makes {getattr(condition_encoder, 'dim', None)}-dim ones; build the U-Net with "
+                "context_dim = the encoder's dim."
+            )
+        if condition_encoder is None and context_dim is not None:
+            raise ValueError(
+                f"the U-Net cross-attends (context_dim={context_dim}) but no condition encoder "
+                "was given: pass condition_encoder (e.g. a TextEncoder)."
+            )
         if unet.config.in_channels != channels or unet.config.out_channels != channels:
             raise ValueError(
                 f"the U-Net maps {unet.config.in_channels} -> {unet.config.out_channels} "
@@ -160,6 +176,7 @@ class LatentDiffusion(nn.Module):
             raise ValueError(f"scale_factor must be > 0, got {scale_factor!r}.")
         self.first_stage = first_stage.eval().requires_grad_(False)
         self.unet = unet
+        self.condition_encoder = condition_encoder
         self.schedule = schedule
         self.latent_channels, self.downsampling_factor = channels, factor
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
@@ -168,6 +185,13 @@ class LatentDiffusion(nn.Module):
     def num_classes(self) -> int | None:
         """Classes of a class-conditional U-Net (None otherwise); label num_classes is null."""
         return self.unet.config.num_classes
+
+    @property
+    def conditioning(self) -> str:
+        """ "text" (a condition encoder), "class" (num_classes) or "none"."""
+        if self.condition_encoder is not None:
+            return "text"
+        return "none" if self.num_classes is None else "class"
 
     def train(self, mode: bool = True) -> LatentDiffusion:
         """Train mode for the U-Net only: the first stage stays frozen in eval mode."""
@@ -230,6 +254,45 @@ class LatentDiffusion(nn.Module):
             drop.to(labels.device), torch.full_like(labels, self.num_classes), labels
         )
 
+    def captions_for_training(
+        self,
+        captions: Sequence[str] | None,
+        batch: int,
+        drop_probability: float,
+        generator: torch.Generator | None = None,
+    ) -> list[str] | None:
+        """Captions with each one replaced by "" (the null condition) with ``drop_probability``.
+
+        None when the LDM is not text-conditional; a clear error when captions are missing.
+        """
+        if self.condition_encoder is None:
+            if captions is not None:
+                raise ValueError("this LDM has no text encoder but got captions.")
+            return None
+        if captions is None or isinstance(captions, str) or len(captions) != batch:
+            got = "none" if captions is None else type(captions).__name__
+            if captions is not None and not isinstance(captions, str):
+                got += f" of {len(captions)}"
+            raise ValueError(
+                f"this LDM is text-conditional: pass {batch} captions (a list of str), got {got}."
+            )
+        if not 0.0 <= drop_probability <= 1.0:
+            raise ValueError(f"drop_probability must be in [0, 1], got {drop_probability}.")
+        if drop_probability == 0:
+            return list(captions)
+        drop = torch.rand(batch, generator=generator) < drop_probability
+        return [
+            "" if dropped else caption
+            for caption, dropped in zip(captions, drop.tolist(), strict=True)
+        ]
+
+    def encode_condition(self, captions: Sequence[str]) -> dict[str, Tensor]:
+        """tau_theta(y) as the U-Net's keywords: ``{"context": (B, M, d), "key_padding_mask"}``."""
+        if self.condition_encoder is None:
+            raise ValueError("this LDM has no condition encoder (it is not text-conditional).")
+        context, mask = self.condition_encoder(list(captions))
+        return {"context": context, "key_padding_mask": mask}
+
     def training_loss(
         self,
         z0: Tensor,
@@ -238,11 +301,14 @@ class LatentDiffusion(nn.Module):
         generator: torch.Generator | None = None,
         t: Tensor | None = None,
         noise: Tensor | None = None,
+        captions: Sequence[str] | None = None,
     ) -> Tensor:
         """L_LDM = E_{z_0, t, eps} ||eps - eps_theta(z_t, t, y)||^2 on scaled latents z0.
 
         ``z0``: (B, c, h, w) from :meth:`encode` (or a latent cache). ``labels``: (B,) class
-        labels when class-conditional, dropped to the null class with ``drop_probability``.
+        labels when class-conditional, dropped to the null class with ``drop_probability``;
+        ``captions``: B strings when text-conditional, dropped to "" likewise, then encoded by
+        tau_theta (whose weights get gradients too: it is trained jointly).
         ``t`` (B,) and ``noise`` (like z0) are drawn with ``generator`` unless given.
         """
         if z0.ndim != 4 or z0.shape[1] != self.latent_channels:
@@ -254,6 +320,9 @@ class LatentDiffusion(nn.Module):
         labels = self.class_labels_for_training(labels, drop_probability, generator)
         if labels is not None:
             kwargs["class_labels"] = labels
+        captions = self.captions_for_training(captions, z0.shape[0], drop_probability, generator)
+        if captions is not None:
+            kwargs.update(self.encode_condition(captions))
         return self.schedule.training_loss(
             self.unet, z0, t=t, noise=noise, generator=generator, model_kwargs=kwargs
         )
@@ -274,12 +343,14 @@ class LatentDiffusion(nn.Module):
         return_trajectory: bool = False,
         progress: bool = False,
         eta: float = 0.0,
+        prompts: Sequence[str] | None = None,
     ) -> tuple[Tensor, SamplerOutput]:
         """Draw z_0 with ``sampler`` ("ddpm", "ddim", "dpm++") and decode it once.
 
         Returns ``(images, output)``: images (N, C, f h, f w) clamped to [-1, 1], and the
         sampler's output (scaled latents; trajectories when ``return_trajectory``).
-        ``labels`` (N,) for class-conditional models; ``guidance`` w is the
+        ``labels`` (N,) for class-conditional models, ``prompts`` (N strings; "" is the
+        unconditional prompt) for text-conditional ones; ``guidance`` w is the
         classifier-free guidance scale (1: the conditional model alone).
         """
         if sampler not in SAMPLERS:
@@ -295,7 +366,25 @@ class LatentDiffusion(nn.Module):
         device = self.scale_factor.device
         model: nn.Module = self.unet
         kwargs: dict[str, Any] = {}
-        if self.num_classes is not None:
+        if self.condition_encoder is not None:
+            if labels is not None:
+                raise ValueError("this LDM is text-conditional: pass prompts, not labels.")
+            if prompts is None or isinstance(prompts, str) or len(prompts) != num_samples:
+                raise ValueError(
+                    f"this LDM is text-conditional: pass prompts, a list of {num_samples} strings "
+                    '("" is the unconditional prompt).'
+                )
+            encoder_was_training = self.condition_encoder.training
+            self.condition_encoder.eval()
+            try:
+                kwargs = self.encode_condition(prompts)
+                null = self.encode_condition(self.condition_encoder.null_condition(1))
+            finally:
+                self.condition_encoder.train(encoder_was_training)
+            model = ClassifierFreeGuidance(self.unet, guidance, null)
+        elif prompts is not None:
+            raise ValueError("this LDM has no text encoder: no prompts.")
+        elif self.num_classes is not None:
             if labels is None:
                 raise ValueError(
                     f"this LDM is class-conditional: pass labels (N,) in [0, {self.num_classes})"

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ldm_mini.checkpoints import CheckpointError, load_checkpoint
+from ldm_mini.conditioning import UNKNOWN_POLICIES, TextEncoder, WordTokenizer
 from ldm_mini.diffusion import NoiseSchedule
 from ldm_mini.first_stage import DataConfig, build_dataset, load_autoencoder
 from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor
@@ -35,7 +36,7 @@ from ldm_mini.unet import UNet, UNetConfig
 
 STAGE = "ldm"
 MODEL_FILE = "model.safetensors"
-CONDITIONS = ("none", "class")
+CONDITIONS = ("none", "class", "text")
 log = logging.getLogger("ldm_mini.ldm_training")
 
 
@@ -73,12 +74,23 @@ class ConditionConfig:
     kind: str = "class"
     drop_probability: float = 0.1
     num_classes: int | None = None  # None: read from the dataset's labels
+    # text (kind "text"): tau_theta, a word-level tokenizer + transformer trained jointly
+    text_dim: int = 128
+    text_depth: int = 2
+    text_heads: int = 4
+    max_length: int = 16  # tokens, with the start token: captions of up to 15 words
+    unknown_words: str = "error"  # or "unk": words outside the vocabulary become <unk>
 
     def __post_init__(self) -> None:
         if self.kind not in CONDITIONS:
             raise ValueError(f"condition.kind must be one of {CONDITIONS}, got {self.kind!r}")
         if not 0.0 <= self.drop_probability <= 1.0:
             raise ValueError(f"drop_probability must be in [0, 1], got {self.drop_probability}")
+        if self.unknown_words not in UNKNOWN_POLICIES:
+            raise ValueError(
+                f"condition.unknown_words must be one of {UNKNOWN_POLICIES}, "
+                f"got {self.unknown_words!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,10 +221,12 @@ def build_first_stage(source: str, channels: int) -> tuple[nn.Module, dict[str, 
 
 
 class LatentDataset(torch.utils.data.Dataset):
-    """Cached latents s * E(x) (and labels): what the U-Net trains on, encoded once."""
+    """Cached latents s * E(x) (and labels or captions): what the U-Net trains on, encoded once."""
 
-    def __init__(self, latents: Tensor, labels: Tensor | None) -> None:
-        self.latents, self.labels = latents, labels
+    def __init__(
+        self, latents: Tensor, labels: Tensor | None, captions: list[str] | None = None
+    ) -> None:
+        self.latents, self.labels, self.captions = latents, labels, captions
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -221,6 +235,8 @@ class LatentDataset(torch.utils.data.Dataset):
         item: dict[str, Any] = {"latent": self.latents[index], "index": index}
         if self.labels is not None:
             item["label"] = self.labels[index]
+        if self.captions is not None:
+            item["caption"] = self.captions[index]
         return item
 
 
@@ -248,9 +264,12 @@ class LDMStage(TrainingStage):
         self.parsed = parsed
         self.first_stage_config = first_stage_config
         optim: LDMOptimConfig = parsed["optim"]
+        parameters = list(ldm.unet.parameters())
+        if ldm.condition_encoder is not None:  # tau_theta is trained jointly with the U-Net
+            parameters += list(ldm.condition_encoder.parameters())
         self._optimizers = {
             "unet": torch.optim.AdamW(
-                ldm.unet.parameters(),
+                parameters,
                 optim.lr,
                 betas=tuple(optim.betas),
                 weight_decay=optim.weight_decay,
@@ -259,6 +278,8 @@ class LDMStage(TrainingStage):
         self.generator: torch.Generator | None = None
 
     def modules(self) -> dict[str, nn.Module]:
+        if self.ldm.condition_encoder is not None:
+            return {"unet": self.ldm.unet, "condition_encoder": self.ldm.condition_encoder}
         return {"unet": self.ldm.unet}
 
     def frozen_modules(self) -> dict[str, nn.Module]:
@@ -268,6 +289,9 @@ class LDMStage(TrainingStage):
         return self._optimizers
 
     def ema_module(self) -> nn.Module:
+        if self.ldm.condition_encoder is not None:
+            # both trained modules, under the names "unet." and "condition_encoder."
+            return nn.ModuleDict(self.modules())
         return self.ldm.unet
 
     def _latents(self, batch: dict[str, Any]) -> Tensor:
@@ -280,6 +304,8 @@ class LDMStage(TrainingStage):
         ldm = self.ldm
         labels = batch.get("label") if ldm.num_classes is not None else None
         labels = ldm.class_labels_for_training(labels, 0.0)  # validated, not yet dropped
+        captions = batch.get("caption") if ldm.condition_encoder is not None else None
+        captions = ldm.captions_for_training(captions, z0.shape[0], 0.0)
         # t, eps and the condition dropout are drawn for the whole global batch from a
         # generator fixed by (seed, step), and each process takes its slice: so N processes
         # train exactly like one (and a resumed run like an uninterrupted one)
@@ -293,8 +319,17 @@ class LDMStage(TrainingStage):
             p = self.parsed["condition"].drop_probability
             drop = (torch.rand(local * world, generator=generator) < p)[part].to(labels.device)
             labels = torch.where(drop, torch.full_like(labels, ldm.num_classes), labels)
+        if captions is not None:
+            p = self.parsed["condition"].drop_probability
+            drop = (torch.rand(local * world, generator=generator) < p)[part].tolist()
+            captions = ["" if d else c for c, d in zip(captions, drop, strict=True)]
         loss = ldm.training_loss(
-            z0, labels, 0.0, t=t[part].to(z0.device), noise=noise[part].to(z0.device)
+            z0,
+            labels,
+            0.0,
+            t=t[part].to(z0.device),
+            noise=noise[part].to(z0.device),
+            captions=captions,
         )
         return loss, {"loss": float(loss.detach())}
 
@@ -304,6 +339,9 @@ class LDMStage(TrainingStage):
         labels = None
         if self.ldm.num_classes is not None:
             labels = batch["label"][:8].to(z0.device)
+        prompts = None
+        if self.ldm.condition_encoder is not None:
+            prompts = list(batch["caption"][:8])
         generator = torch.Generator(device=z0.device).manual_seed(0)
         images, _ = self.ldm.sample(
             z0.shape[0],
@@ -311,6 +349,7 @@ class LDMStage(TrainingStage):
             sampler="ddim",
             steps=20,
             labels=labels,
+            prompts=prompts,
             generator=generator,
         )
         return torch.cat([self.ldm.decode(z0).clamp(-1, 1), images])
@@ -335,14 +374,32 @@ class LDMStage(TrainingStage):
             "condition": parsed["condition"].to_dict(),
             "latents": parsed["latents"].to_dict(),
             "init": parsed["init"].to_dict(),
+            "tokenizer": None
+            if self.ldm.condition_encoder is None
+            else self.ldm.condition_encoder.tokenizer.to_dict(),
             "scale_factor": float(self.ldm.scale_factor),
             "optim": parsed["optim"].to_dict(),
         }
 
     def inference_state(self) -> dict[str, Tensor]:
-        return {f"unet.{k}": v for k, v in self.ldm.unet.state_dict().items()} | {
+        state = {f"unet.{k}": v for k, v in self.ldm.unet.state_dict().items()} | {
             f"first_stage.{k}": v for k, v in self.ldm.first_stage.state_dict().items()
         }
+        if self.ldm.condition_encoder is not None:
+            encoder = self.ldm.condition_encoder.state_dict()
+            state |= {f"condition_encoder.{k}": v for k, v in encoder.items()}
+        return state
+
+
+def build_text_encoder(condition: ConditionConfig, tokenizer: WordTokenizer) -> TextEncoder:
+    """tau_theta for ``condition.kind == "text"`` with the condition's sizes."""
+    return TextEncoder(
+        tokenizer,
+        dim=condition.text_dim,
+        depth=condition.text_depth,
+        heads=condition.text_heads,
+        unknown=condition.unknown_words,
+    )
 
 
 def make_stage(config: dict[str, Any], device: str = "cpu"):
@@ -357,7 +414,17 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
     condition: ConditionConfig = parsed["condition"]
     model_values = dict(parsed["model"])
     model_values["in_channels"] = model_values["out_channels"] = channels
-    if condition.kind == "class":
+    condition_encoder = None
+    if condition.kind == "text":
+        if "caption" not in images.dataset.column_names:
+            raise ValueError(
+                f"condition.kind='text' but {data.dataset} has no captions; use a captioned "
+                "dataset (shapes, emoji, a folder with metadata) or condition.kind='class'/'none'."
+            )
+        tokenizer = WordTokenizer.from_captions(images.dataset["caption"], condition.max_length)
+        model_values["context_dim"] = condition.text_dim
+        model_values["num_classes"] = None
+    elif condition.kind == "class":
         num_classes = condition.num_classes
         if num_classes is None:
             labels = images.dataset["label"] if "label" in images.dataset.column_names else None
@@ -372,10 +439,18 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
         model_values["num_classes"] = None
     torch.manual_seed(parsed["train"].seed)
     unet = UNet(UNetConfig.from_dict(model_values))
+    if condition.kind == "text":
+        condition_encoder = build_text_encoder(condition, tokenizer)
     first_stage = first_stage.to(device)
     latents_config: LatentsConfig = parsed["latents"]
     init: InitConfig = parsed["init"]
     init_scale = None
+    if init.checkpoint is not None and condition_encoder is not None:
+        raise ValueError(
+            "init.checkpoint (warm start) is implemented for class-conditional and "
+            "unconditional LDMs, not yet for text-conditional ones (their text encoder and "
+            "vocabulary would have to match too); leave init.checkpoint null."
+        )
     if init.checkpoint is not None:
         init_scale = warm_start(unet, init, first_stage_config)
     cache = None
@@ -401,10 +476,14 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
             loader = torch.utils.data.DataLoader(subset, batch_size=500)
             stats = estimate_scale_factor(first_stage, (b["image"] for b in loader), device)
         scale = stats["scale_factor"]
-    ldm = LatentDiffusion(first_stage, unet, parsed["diffusion"].build(), scale)
+    ldm = LatentDiffusion(
+        first_stage, unet, parsed["diffusion"].build(), scale, condition_encoder
+    ).to(device)
     dataset = images
     if cache is not None:
-        dataset = LatentDataset(cache[0] * scale, cache[1])  # on the CPU: the engine moves batches
+        captions = list(images.dataset["caption"]) if condition.kind == "text" else None
+        # on the CPU: the engine moves batches
+        dataset = LatentDataset(cache[0] * scale, cache[1], captions)
     stage = LDMStage(ldm, parsed, first_stage_config)
     return stage, dataset, parsed["train"]
 
@@ -499,8 +578,11 @@ def export_ldm(source: str | Path, destination: str | Path, extra: dict[str, Any
     }
     if checkpoint.ema_state is None:
         raise CheckpointError(f"{source} has no EMA weights to ship")
-    unet = {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
-    state = {f"unet.{k}": v for k, v in unet.items()}
+    ema = {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
+    if config["condition"].get("kind") == "text":  # the EMA holds unet. and condition_encoder.
+        state = dict(ema)
+    else:
+        state = {f"unet.{k}": v for k, v in ema.items()}
     if not config["first_stage"]["checkpoint"].startswith("shipped:"):
         state.update(
             {k: v for k, v in checkpoint.model_state.items() if k.startswith("first_stage.")}
@@ -530,18 +612,33 @@ def load_ldm(path: str | Path, device: str = "cpu", use_ema: bool = True):
         first_state = _referenced_first_stage_state(first, path)
     first_stage.load_state_dict(first_state)
     unet = UNet(UNetConfig.from_dict(config["model"]))
+    condition = config_from_dict(ConditionConfig, config.get("condition", {}), "condition")
+    encoder = None
+    if condition.kind == "text":
+        if not config.get("tokenizer"):
+            raise CheckpointError(f"{path} is text-conditional but stores no tokenizer")
+        encoder = build_text_encoder(condition, WordTokenizer.from_dict(config["tokenizer"]))
     if use_ema and checkpoint.ema_state is not None:
         weights = {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
+        if encoder is None:  # a U-Net-only EMA: its names have no prefix
+            weights = {f"unet.{k}": v for k, v in weights.items()}
     else:
         if use_ema and config.get("shipped_weights") != "ema":
             log.warning("%s has no EMA weights; using the raw U-Net weights", path)
-        weights = {k[len("unet.") :]: v for k, v in state.items() if k.startswith("unet.")}
-    try:
-        unet.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"the U-Net weights in {path} do not fit its config: {err}") from err
+        weights = {k: v for k, v in state.items() if not k.startswith("first_stage.")}
+    parts = {"unet": unet} if encoder is None else {"unet": unet, "condition_encoder": encoder}
+    for name, module in parts.items():
+        prefix = f"{name}."
+        try:
+            module.load_state_dict(
+                {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+            )
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"the {name} weights in {path} do not fit its config: {err}"
+            ) from err
     schedule = config_from_dict(DiffusionConfig, config["diffusion"], "diffusion").build()
-    ldm = LatentDiffusion(first_stage, unet, schedule, float(config["scale_factor"]))
+    ldm = LatentDiffusion(first_stage, unet, schedule, float(config["scale_factor"]), encoder)
     return ldm.to(device).eval(), config
 
 
@@ -566,12 +663,17 @@ def generate(
     batch_size: int = 250,
     return_trajectory: bool = False,
     progress: bool = False,
+    prompts: list[str] | None = None,
 ):
     """n images (n, C, H, W) in [-1, 1] in batches, reproducible from ``seed``.
 
-    Returns ``(images, labels, trajectories)``; trajectories (scaled latents after each
-    step) only for the first batch and only when ``return_trajectory``.
+    Class-conditional models get ``labels`` (default: 0, 1, ..., K-1, 0, ...); text models
+    need ``prompts`` (n strings). Returns ``(images, labels, trajectories)``; trajectories
+    (scaled latents after each step) only for the first batch and only when
+    ``return_trajectory``.
     """
+    if ldm.condition_encoder is not None and (prompts is None or len(prompts) != n):
+        raise ValueError(f"this LDM is text-conditional: pass prompts, a list of {n} strings.")
     if image_size % ldm.downsampling_factor:
         raise ValueError(
             f"image size {image_size} is not divisible by the first stage's f = "
@@ -585,12 +687,14 @@ def generate(
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         batch_labels = None if labels is None else labels[start : start + count]
+        batch_prompts = None if prompts is None else list(prompts[start : start + count])
         out, output = ldm.sample(
             count,
             (latent, latent),
             sampler=sampler,
             steps=steps,
             labels=batch_labels,
+            prompts=batch_prompts,
             guidance=guidance,
             generator=generator,
             return_trajectory=return_trajectory and start == 0,
@@ -625,9 +729,17 @@ def evaluate_ldm(
     if len(test) < n:
         raise ValueError(f"the test split has only {len(test)} images; use --n {len(test)}.")
     real = torch.stack([test[i]["image"] for i in range(n)])
+    prompts = list(test.dataset["caption"][:n]) if ldm.condition_encoder is not None else None
     sample_start = time.perf_counter()
     fake, _, _ = generate(
-        ldm, n, data.image_size, sampler=sampler, steps=steps, guidance=guidance, seed=seed
+        ldm,
+        n,
+        data.image_size,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        prompts=prompts,
     )
     sampling_seconds = time.perf_counter() - sample_start
     fd = metrics.frechet_distance(real, fake, feature_extractor)

@@ -76,3 +76,23 @@ def test_train_ldm_sample_and_evaluate(tmp_path: Path, capsys, one_thread):
     status = main(["train-ldm", "--preset", "tiny", "--out", str(tmp_path / "x"), "--quiet",
                    "--autoencoder", str(tmp_path)])  # fmt: skip
     assert status == 2
+
+
+def test_text_ldm_trains_and_samples_from_prompts(tmp_path: Path, capsys, one_thread):
+    run = tmp_path / "text"
+    status = main(["train-ldm", "--preset", "tiny", "--condition", "text", "--dataset", "shapes",
+                   "--autoencoder", "shipped:emoji_kl_f4", "--steps", "2", "--out", str(run),
+                   "--set", "data.limit=16", "--set", "condition.text_dim=16",
+                   "--set", "train.sample_every=2", "--quiet"])  # fmt: skip
+    assert status == 0
+    grid = tmp_path / "grid.png"
+    status = main(["sample", "--checkpoint", str(run), "--n", "2", "--steps", "2", "--quiet",
+                   "--prompt", "a yellow circle to the left of a green circle", "--guidance", "3",
+                   "--out", str(grid)])  # fmt: skip
+    assert status == 0 and grid.stat().st_size > 0
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(run), "--n", "2", "--out", str(grid)]) == 2
+    assert "give --prompt" in capsys.readouterr().err
+    status = main(["sample", "--checkpoint", str(run), "--n", "2", "--out", str(grid), "--quiet",
+                   "--prompt", "a crimson circle"])  # fmt: skip
+    assert status == 2 and "outside the vocabulary" in capsys.readouterr().err
