@@ -29,6 +29,7 @@ Masks follow one convention everywhere: ``key_padding_mask`` is a bool tensor (B
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from types import TracebackType
 
 import torch
@@ -284,6 +285,61 @@ class AttentionRecorder:
         for name, previous in self._previous_flags.items():
             modules[name].record = previous
         self._previous_flags = {}
+
+
+def token_attention_maps(
+    maps: dict[str, list[Tensor]],
+    batch: int,
+    size: tuple[int, int],
+    layers: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+) -> Tensor:
+    """Per-token cross-attention maps (B, M, H, W) from an :class:`AttentionRecorder`'s maps.
+
+    Each record (b, heads, N, M) of a layer is one call: N = h * w query positions of that
+    layer's resolution, M context tokens. Under classifier-free guidance the U-Net runs the
+    conditional and the unconditional batch together (b = 2 * batch, conditional first): only
+    the conditional half is used. The probabilities are averaged over ``heads`` (default:
+    all), reshaped to (batch, M, h, w), upsampled bilinearly to ``size`` and averaged over
+    ``layers`` (names, default: all recorded) and ``steps`` (call indices, negative allowed,
+    default: all). Each map of a token then sums to about H * W times its average weight.
+    """
+    names = list(maps) if layers is None else list(layers)
+    unknown = [name for name in names if name not in maps]
+    if unknown:
+        raise ValueError(f"no recorded layer(s) {unknown}; recorded: {list(maps)}")
+    total: Tensor | None = None
+    count = 0
+    for name in names:
+        records = maps[name]
+        chosen = range(len(records)) if steps is None else steps
+        for step in chosen:
+            if not -len(records) <= step < len(records):
+                raise ValueError(f"layer {name} has {len(records)} recorded calls, no step {step}")
+            probs = records[step]
+            if probs.ndim != 4:
+                raise ValueError(f"a record must be (b, heads, N, M), got {tuple(probs.shape)}")
+            if probs.shape[0] == 2 * batch:
+                probs = probs[:batch]  # the conditional half of a guided call
+            elif probs.shape[0] != batch:
+                raise ValueError(
+                    f"layer {name} recorded a batch of {probs.shape[0]}, not {batch} (or "
+                    f"{2 * batch} with guidance)"
+                )
+            if heads is not None:
+                probs = probs[:, list(heads)]
+            side = int(round(probs.shape[2] ** 0.5))
+            if side * side != probs.shape[2]:
+                raise ValueError(f"layer {name}: {probs.shape[2]} query positions are not square")
+            # mean over heads, then (N, M) -> (M, h, w)
+            per_token = rearrange(probs.float().mean(dim=1), "b (h w) m -> b m h w", h=side)
+            upsampled = F.interpolate(per_token, size=size, mode="bilinear", align_corners=False)
+            total = upsampled if total is None else total + upsampled
+            count += 1
+    if total is None:
+        raise ValueError("no attention records selected: run the model inside the recorder")
+    return total / count
 
 
 # --------------------------------------------------------------------------------------

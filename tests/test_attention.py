@@ -238,3 +238,53 @@ def test_block_without_feed_forward_is_attention_only() -> None:
     assert sum(p.numel() for p in with_ff.parameters()) - ff_parameters == sum(
         p.numel() for p in block.parameters()
     )
+
+
+def test_token_attention_maps_average_halve_guidance_and_upsample():
+    from ldm_mini.attention import token_attention_maps
+
+    # layer "a" at 2x2: token 1 takes all the weight at the top-left query, token 0 elsewhere
+    probs = torch.zeros(1, 2, 4, 3)
+    probs[:, :, 0, 1] = 1.0
+    probs[:, :, 1:, 0] = 1.0
+    # a guided call: the conditional half first, then an unconditional half that must be ignored
+    guided = torch.cat([probs, torch.full_like(probs, 1 / 3)])
+    # layer "b" at 4x4: uniform over the 3 tokens
+    uniform = torch.full((1, 2, 16, 3), 1 / 3)
+    maps = {"a": [guided, probs], "b": [uniform]}
+    only_a = token_attention_maps(maps, batch=1, size=(2, 2), layers=["a"])
+    assert only_a.shape == (1, 3, 2, 2)
+    torch.testing.assert_close(only_a[0, 1], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    torch.testing.assert_close(only_a[0, 0], torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+    # averaging over layers: (a + b) / 2 per call; here one call of a, one of b
+    mixed = token_attention_maps(maps, batch=1, size=(2, 2), steps=[-1])
+    torch.testing.assert_close(mixed[0, 2], torch.full((2, 2), 1 / 6))
+    # upsampling keeps the maps' mean; per-head selection works
+    big = token_attention_maps(maps, batch=1, size=(8, 8), layers=["a"], heads=[0])
+    torch.testing.assert_close(big[0].mean(dim=(1, 2)), only_a[0].mean(dim=(1, 2)))
+    with pytest.raises(ValueError, match="no recorded layer"):
+        token_attention_maps(maps, 1, (2, 2), layers=["c"])
+    with pytest.raises(ValueError, match="no step 5"):
+        token_attention_maps(maps, 1, (2, 2), steps=[5])
+    with pytest.raises(ValueError, match="recorded a batch of 2, not 3"):
+        token_attention_maps(maps, 3, (2, 2), layers=["a"])
+    with pytest.raises(ValueError, match="no attention records"):
+        token_attention_maps({"a": []}, 1, (2, 2))
+
+
+def test_recorded_cross_attention_of_a_unet_gives_one_map_per_token():
+    from ldm_mini.attention import token_attention_maps
+    from ldm_mini.unet import UNet, unet_preset
+
+    torch.manual_seed(0)
+    unet = UNet(unet_preset("tiny", 4, context_dim=8)).eval()
+    context = torch.randn(2, 5, 8)
+    mask = torch.tensor([[True] * 3 + [False] * 2, [True] * 5])
+    with AttentionRecorder(unet, kind="cross") as recorder, torch.no_grad():
+        unet(torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), context=context,
+             key_padding_mask=mask)  # fmt: skip
+    maps = token_attention_maps(recorder.maps, batch=2, size=(32, 32))
+    assert maps.shape == (2, 5, 32, 32)
+    # every query's weights sum to one over the real tokens; padding gets none
+    torch.testing.assert_close(maps.sum(dim=1), torch.ones(2, 32, 32))
+    assert float(maps[0, 3:].abs().max()) == 0.0

@@ -57,3 +57,21 @@ def test_draw_boxes_scales_and_outlines():
     assert boxed.size == (32, 32)
     assert tuple(pixels[8, 16]) == viz.OVERLAY_COLOURS[0]  # top edge of the box
     assert tuple(pixels[0, 0]) == (255, 255, 255)
+
+
+def test_show_token_attention_draws_one_panel_per_token():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import torch
+
+    from ldm_mini.viz import show_token_attention
+
+    image = torch.zeros(3, 16, 16)
+    maps = torch.rand(6, 16, 16)
+    fig = show_token_attention(image, maps, ["a", "red", "circle"], title="t")
+    assert len(fig.axes) == 4 and fig.axes[2].get_title() == "red"
+    with pytest.raises(ValueError, match="image's size"):
+        show_token_attention(image, torch.rand(6, 8, 8), ["a"])
+    with pytest.raises(ValueError, match="7 tokens for 6 maps"):
+        show_token_attention(image, maps, list("abcdefg"))
