@@ -37,6 +37,8 @@ class DataConfig:
     resize: str = "auto"
     hflip: bool = False
     limit: int | None = None  # use only the first N images (quick runs)
+    # options for the dataset's loader, e.g. {"prompts": "seen"} for shapes (see load_dataset)
+    options: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,8 +83,8 @@ def build_dataset(data: DataConfig, seed: int = 0):
     """The training images as a :class:`~ldm_mini.data.TensorImageDataset`."""
     from ldm_mini.data import TensorImageDataset, load_dataset
 
-    kwargs = {}
-    if data.dataset == "shapes" and data.limit is not None:
+    kwargs = dict(data.options or {})
+    if data.dataset == "shapes" and data.limit is not None and "num_samples" not in kwargs:
         from ldm_mini.data.shapes import DEFAULT_SIZES
 
         # shapes are generated, and any prefix equals the smaller set: render only the limit

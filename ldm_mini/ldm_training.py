@@ -707,6 +707,47 @@ def generate(
 
 
 @torch.no_grad()
+def shapes_conditioning(
+    ldm: LatentDiffusion,
+    n: int,
+    image_size: int,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    guidance: float = 1.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Conditioning accuracy of a text model trained on shapes, on the held-out prompts.
+
+    Samples n images for the held-out prompts (unseen colour-shape-relation combinations,
+    :func:`ldm_mini.data.shapes.heldout_prompts`, in turn) and reads them back with
+    :mod:`ldm_mini.shapes_checker`: the fraction whose objects match every attribute of their
+    prompt, and per attribute.
+    """
+    from ldm_mini.data.shapes import heldout_prompts
+    from ldm_mini.shapes_checker import conditioning_accuracy
+
+    held = heldout_prompts()
+    prompts = [held[i % len(held)] for i in range(n)]
+    images, _, _ = generate(
+        ldm,
+        n,
+        image_size,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        prompts=prompts,
+    )
+    accuracy = conditioning_accuracy(images, prompts)
+    return {
+        "conditioning_accuracy": accuracy["all"],
+        "conditioning_by_part": {k: v for k, v in accuracy.items() if k != "all"},
+        "conditioning_prompts": f"{len(held)} held-out shapes prompts",
+    }
+
+
+@torch.no_grad()
 def evaluate_ldm(
     path: str | Path,
     n: int = 1000,
@@ -758,5 +799,11 @@ def evaluate_ldm(
     if with_kid:
         kid = metrics.kernel_inception_distance(real, fake, fd["feature_extractor"])
         result.update(kid=kid["kid_mean"], kid_std=kid["kid_std"], kid_label=kid["label"])
+    if ldm.condition_encoder is not None and data.dataset == "shapes":
+        result.update(
+            shapes_conditioning(
+                ldm, n, data.image_size, sampler=sampler, steps=steps, guidance=guidance, seed=seed
+            )
+        )
     result["seconds"] = time.perf_counter() - start
     return result

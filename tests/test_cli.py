@@ -82,7 +82,7 @@ def test_text_ldm_trains_and_samples_from_prompts(tmp_path: Path, capsys, one_th
     run = tmp_path / "text"
     status = main(["train-ldm", "--preset", "tiny", "--condition", "text", "--dataset", "shapes",
                    "--autoencoder", "shipped:emoji_kl_f4", "--steps", "2", "--out", str(run),
-                   "--set", "data.limit=16", "--set", "condition.text_dim=16",
+                   "--set", "data.limit=64", "--set", "condition.text_dim=16",
                    "--set", "train.sample_every=2", "--quiet"])  # fmt: skip
     assert status == 0
     grid = tmp_path / "grid.png"
@@ -96,3 +96,10 @@ def test_text_ldm_trains_and_samples_from_prompts(tmp_path: Path, capsys, one_th
     status = main(["sample", "--checkpoint", str(run), "--n", "2", "--out", str(grid), "--quiet",
                    "--prompt", "a crimson circle"])  # fmt: skip
     assert status == 2 and "outside the vocabulary" in capsys.readouterr().err
+    capsys.readouterr()
+    status = main(["evaluate", "ldm", "--checkpoint", str(run), "--n", "8", "--steps", "2",
+                   "--no-kid", "--json", "--guidance", "2"])  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0 and 0.0 <= result["conditioning_accuracy"] <= 1.0
+    assert set(result["conditioning_by_part"]) == {"count", "colours", "shapes", "relation"}
+    assert "held-out" in result["conditioning_prompts"]

@@ -130,3 +130,30 @@ def test_caption_for_uses_the_relation_words():
     assert caption_for([a], None) == "an orange triangle"
     for relation in RELATIONS:
         assert caption_for([a, b], relation) == f"an orange triangle {relation} a red square"
+
+
+def test_heldout_prompts_are_unseen_combinations_of_seen_words():
+    from ldm_mini.data.shapes import all_prompts, generate, heldout_prompts, is_heldout
+
+    prompts, heldout = all_prompts(), heldout_prompts()
+    assert len(prompts) == len(set(prompts)) == 18 + 18 * 4 * 18
+    assert 100 <= len(heldout) <= 160 and all(" a" in p[2:] for p in heldout)  # pairs only
+    seen = generate(300, seed=0, image_size=16, prompts="seen")
+    held = generate(20, seed=0, image_size=16, prompts="heldout")
+    assert not any(is_heldout(c) for c in seen["caption"])
+    assert all(c in heldout for c in held["caption"])
+    seen_words = {w for c in seen["caption"] for w in c.split()}
+    assert {w for c in held["caption"] for w in c.split()} <= seen_words
+    # filtering keeps the stream: a prefix of a longer filtered set is the shorter one
+    assert generate(5, 0, 16, prompts="seen")["caption"] == seen["caption"][:5]
+    with pytest.raises(ValueError, match="prompts must be one of"):
+        generate(1, prompts="unseen")
+
+
+def test_data_options_reach_the_shapes_loader():
+    from ldm_mini.data.shapes import is_heldout
+    from ldm_mini.first_stage import DataConfig, build_dataset
+
+    data = DataConfig(dataset="shapes", limit=12, options={"prompts": "heldout"})
+    images = build_dataset(data)
+    assert len(images) == 12 and all(is_heldout(c) for c in images.dataset["caption"])

@@ -13,6 +13,7 @@ object k (1-based) is where its ``alpha >= 0.5``; objects never overlap.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,8 @@ SUPERSAMPLE = 4
 DEFAULT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 DEFAULT_SIZES = {"train": 10_000, "validation": 1_000, "test": 1_000}
 CLASS_NAMES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
+PROMPT_SETS = ("all", "seen", "heldout")
+HELDOUT_PERCENT = 10  # of the two-object prompts: unseen combinations for conditioning tests
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,34 @@ def caption_for(objects: list[ShapeObject], relation: str | None) -> str:
         return phrases[0]
     assert relation in RELATIONS, f"unknown relation {relation!r}"
     return f"{phrases[0]} {relation} {phrases[1]}"
+
+
+def all_prompts() -> list[str]:
+    """Every caption the generator can write: 18 single objects, then 18 * 4 * 18 pairs."""
+    objects = [(c, s) for c in COLOURS for s in SHAPES]
+    singles = [caption_for([ShapeObject(c, s, (0, 0, 1, 1))], None) for c, s in objects]
+    pairs = [
+        caption_for([ShapeObject(*a, (0, 0, 1, 1)), ShapeObject(*b, (0, 0, 1, 1))], relation)
+        for a in objects
+        for relation in RELATIONS
+        for b in objects
+    ]
+    return singles + pairs
+
+
+def is_heldout(caption: str) -> bool:
+    """Whether ``caption`` is one of the held-out prompts: about 10% of the two-object
+    captions, chosen by a fixed hash (crc32) of the text. Every word of a held-out prompt
+    occurs in seen prompts; only the combination (colours, shapes and relation) is new.
+    Single-object captions are never held out."""
+    if not any(f" {relation} " in caption for relation in RELATIONS):
+        return False
+    return zlib.crc32(caption.encode()) % 100 < HELDOUT_PERCENT
+
+
+def heldout_prompts() -> list[str]:
+    """The held-out prompts, in :func:`all_prompts` order (120 of the 1,296 pairs)."""
+    return [caption for caption in all_prompts() if is_heldout(caption)]
 
 
 def relation_between(first: ShapeObject, second: ShapeObject) -> str | None:
@@ -147,16 +178,35 @@ def _rounded(box: tuple[float, ...]) -> list[float]:
 
 
 def generate(
-    num_samples: int, seed: int = 0, image_size: int = 64, max_objects: int = 2
+    num_samples: int,
+    seed: int = 0,
+    image_size: int = 64,
+    max_objects: int = 2,
+    prompts: str = "all",
 ) -> dict[str, list]:
-    """Columns of ``num_samples`` scenes: image, mask, caption, label, relation, objects."""
+    """Columns of ``num_samples`` scenes: image, mask, caption, label, relation, objects.
+
+    ``prompts``: "all" (every scene of the stream), "seen" (skip scenes whose caption is
+    held out, see :func:`is_heldout`: for training) or "heldout" (only those: for testing
+    on unseen combinations). Filtering keeps the stream order, so prefixes still agree.
+    """
     assert num_samples >= 0, f"num_samples must be >= 0, got {num_samples}"
     assert image_size >= 16, f"image_size must be >= 16 pixels, got {image_size}"
+    if prompts not in PROMPT_SETS:
+        raise ValueError(f"prompts must be one of {PROMPT_SETS}, got {prompts!r}")
+    if prompts == "heldout" and max_objects < 2:
+        raise ValueError("held-out prompts all have two objects: use max_objects=2")
     columns: dict[str, list] = {
         k: [] for k in ("image", "mask", "caption", "label", "relation", "objects")
     }
-    for index in range(num_samples):
+    index = -1
+    while len(columns["caption"]) < num_samples:
+        index += 1
         objects, relation = sample_scene(seed, index, image_size, max_objects)
+        if prompts != "all" and is_heldout(caption_for(objects, relation)) != (
+            prompts == "heldout"
+        ):
+            continue
         image, mask = render(objects, image_size)
         columns["image"].append(image)
         columns["mask"].append(mask)
@@ -194,11 +244,13 @@ def load_shapes(
     seed: int | None = None,
     image_size: int = 64,
     max_objects: int = 2,
+    prompts: str = "all",
 ):
     """Generate the ``shapes`` split as a ``datasets.Dataset`` (in memory, deterministic).
 
     Splits differ by their default seed (train 0, validation 1, test 2) and size
-    (10,000 / 1,000 / 1,000); both can be overridden.
+    (10,000 / 1,000 / 1,000); both can be overridden. ``prompts`` "seen" leaves out the
+    held-out prompts (train text models on it), "heldout" keeps only them.
     """
     import datasets
 
@@ -206,5 +258,5 @@ def load_shapes(
         raise ValueError(f"shapes has no split {split!r}; its splits are {sorted(DEFAULT_SEEDS)}.")
     num_samples = DEFAULT_SIZES[split] if num_samples is None else num_samples
     seed = DEFAULT_SEEDS[split] if seed is None else seed
-    columns = generate(num_samples, seed, image_size, max_objects)
+    columns = generate(num_samples, seed, image_size, max_objects, prompts)
     return datasets.Dataset.from_dict(columns, features=features(), split=split)
