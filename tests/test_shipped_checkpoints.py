@@ -62,7 +62,12 @@ def test_shipped_ldm_matches_its_card_and_samples(path: Path, one_thread):
     config = json.loads((path / "config.json").read_text())
     card = (path / "README.md").read_text()
     measured = config["metrics"]
-    assert f"| **samples of this LDM** | **{measured['fd']:.2f}** |" in card
+    ratio = measured["fd"] / measured["fd_reconstructions_of_train"]
+    row = (
+        f"| **samples of this LDM, guidance w = 1** | **{measured['fd']:.1f}** | **{ratio:.2f}x** |"
+    )
+    assert row in card, "the card shows the measured FD and its ratio to the reconstructions"
+    assert f"| {measured['fd_train_vs_test']:.1f} |" in card, "and the floor"
     assert re.search(r"`ldm-mini train-ldm [^`]+`", card), "the card gives the command"
     assert not (path / "trainer_state.pt").exists()
     # the first stage is referenced by sha256 and loads; the weights are the EMA
