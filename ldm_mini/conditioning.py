@@ -43,6 +43,27 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def check_class_labels(labels: Tensor, num_classes: int) -> None:
+    """Labels must be an integer tensor (B,) in [0, num_classes], num_classes being the null
+    class of classifier-free guidance; anything else is a ValueError saying what was given."""
+    if (
+        not isinstance(labels, Tensor)
+        or labels.ndim != 1
+        or labels.is_floating_point()
+        or labels.dtype == torch.bool
+    ):
+        raise ValueError(
+            "labels must be an integer tensor (B,), got "
+            f"{getattr(labels, 'dtype', type(labels))} of shape "
+            f"{tuple(getattr(labels, 'shape', ()))}."
+        )
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) (or be {num_classes}, the null class), "
+            f"got [{int(labels.min())}, {int(labels.max())}]."
+        )
+
+
 class ClassEmbedder(nn.Module):
     """tau_theta for class labels: label (B,) -> one token (B, 1, dim) and its mask (B, 1).
 
@@ -67,17 +88,7 @@ class ClassEmbedder(nn.Module):
         return torch.full((batch,), self.num_classes, dtype=torch.long)
 
     def forward(self, labels: Tensor) -> tuple[Tensor, Tensor]:
-        if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.is_floating_point():
-            raise ValueError(
-                "labels must be an integer tensor (B,), got "
-                f"{getattr(labels, 'dtype', type(labels))} of shape "
-                f"{tuple(getattr(labels, 'shape', ()))}"
-            )
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
-            raise ValueError(
-                f"class labels must lie in [0, {self.num_classes}) or be {self.num_classes} (the "
-                f"null class); got values in [{int(labels.min())}, {int(labels.max())}]"
-            )
+        check_class_labels(labels, self.num_classes)
         # tau_theta(y) = E[y]: one token per sample
         tokens = self.embedding(labels.long())[:, None, :]
         return tokens, torch.ones(labels.shape[0], 1, dtype=torch.bool, device=labels.device)

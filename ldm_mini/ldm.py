@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ldm_mini.conditioning import check_class_labels
 from ldm_mini.diffusion import NoiseSchedule
 from ldm_mini.samplers import (
     ClassifierFreeGuidance,
@@ -234,16 +235,7 @@ class LatentDiffusion(nn.Module):
             raise ValueError(
                 f"this LDM is class-conditional ({self.num_classes} classes): pass the labels."
             )
-        if labels.ndim != 1 or labels.dtype not in (torch.int32, torch.int64):
-            raise ValueError(
-                f"labels must be an integer tensor (B,), got {labels.dtype} "
-                f"of shape {tuple(labels.shape)}."
-            )
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}) (or be {self.num_classes}, the null "
-                f"class), got [{int(labels.min())}, {int(labels.max())}]."
-            )
+        check_class_labels(labels, self.num_classes)
         if not 0.0 <= drop_probability <= 1.0:
             raise ValueError(f"drop_probability must be in [0, 1], got {drop_probability}.")
         if drop_probability == 0:
