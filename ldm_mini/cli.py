@@ -84,6 +84,25 @@ def _engine_flags(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _add_engine_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
+    """The flags every training subcommand shares (read back by ``_engine_flags``)."""
+    parser.add_argument("--steps", type=int, help="training steps")
+    parser.add_argument("--batch-size", type=int, help="batch size")
+    parser.add_argument("--device", help="auto, cpu, cuda, mps")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"any other setting, e.g. --set {set_example} (repeatable)",
+    )
+    parser.add_argument("--no-resume", action="store_true", help="refuse to resume; start over")
+    parser.add_argument("--print-config", action="store_true", help="print the config and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _cmd_train_autoencoder(args: argparse.Namespace) -> int:
     from ldm_mini.configs import load_preset
     from ldm_mini.first_stage import train_autoencoder
@@ -261,18 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_ae.add_argument("--kind", choices=["kl", "vq"], help="regularization")
     train_ae.add_argument("--f", type=int, choices=[1, 2, 4, 8], help="downsampling factor")
     train_ae.add_argument("--latent-channels", type=int, help="latent channels c")
-    train_ae.add_argument("--steps", type=int, help="training steps")
-    train_ae.add_argument("--batch-size", type=int, help="batch size")
-    train_ae.add_argument("--device", help="auto, cpu, cuda, mps")
-    train_ae.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    train_ae.add_argument("--seed", type=int)
-    train_ae.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="any other setting, e.g. --set loss.disc_start=2000 (repeatable)",
-    )  # fmt: skip
-    train_ae.add_argument("--no-resume", action="store_true", help="refuse to resume; start over")
-    train_ae.add_argument("--print-config", action="store_true", help="print the config and exit")
-    train_ae.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_engine_arguments(train_ae, "loss.disc_start=2000")
     train_ae.set_defaults(func=_cmd_train_autoencoder)
 
     demo = sub.add_parser(
@@ -309,21 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="warm start: begin from this LDM checkpoint's (EMA) U-Net weights, fresh optimizer",
     )
-    train_ldm.add_argument("--steps", type=int, help="training steps")
-    train_ldm.add_argument("--batch-size", type=int, help="batch size")
-    train_ldm.add_argument("--device", help="auto, cpu, cuda, mps")
-    train_ldm.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    train_ldm.add_argument("--seed", type=int)
-    train_ldm.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="any other setting, e.g. --set optim.lr=1e-4 (repeatable)",
-    )
-    train_ldm.add_argument("--no-resume", action="store_true", help="refuse to resume; start over")
-    train_ldm.add_argument("--print-config", action="store_true", help="print the config and exit")
-    train_ldm.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_engine_arguments(train_ldm, "optim.lr=1e-4")
     train_ldm.set_defaults(func=_cmd_train_ldm)
 
     sample = sub.add_parser("sample", help="draw samples from a trained LDM into a grid image")

@@ -40,18 +40,22 @@ CONDITIONS = ("none", "class", "text")
 log = logging.getLogger("ldm_mini.ldm_training")
 
 
+class _Section:
+    """A config section (a dataclass) written to checkpoints as a plain dict."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass
-class FirstStageConfig:
+class FirstStageConfig(_Section):
     """Which frozen first stage: a checkpoint folder, ``shipped:NAME``, or ``identity``."""
 
     checkpoint: str = "shipped:fashion_mnist_kl_f4"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass
-class DiffusionConfig:
+class DiffusionConfig(_Section):
     """The noise schedule (see :func:`ldm_mini.diffusion.beta_schedule`)."""
 
     schedule: str = "scaled_linear"
@@ -63,12 +67,9 @@ class DiffusionConfig:
             self.schedule, self.num_timesteps, parameterization=self.parameterization
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass
-class ConditionConfig:
+class ConditionConfig(_Section):
     """What the U-Net is conditioned on, and how often the condition is dropped (CFG)."""
 
     kind: str = "class"
@@ -92,23 +93,17 @@ class ConditionConfig:
                 f"got {self.unknown_words!r}"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass
-class LatentsConfig:
+class LatentsConfig(_Section):
     """The latent scale factor and the latent cache."""
 
     scale_factor: float | None = None  # None: 1 / std of the encoded training latents
     cache: bool = True  # encode the training set once (exact when there is no augmentation)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass
-class InitConfig:
+class InitConfig(_Section):
     """Optional warm start: begin from the U-Net weights of an earlier LDM checkpoint.
 
     ``checkpoint``: an LDM checkpoint or run folder (None: random initialisation);
@@ -123,12 +118,9 @@ class InitConfig:
         if self.weights not in ("ema", "raw"):
             raise ValueError(f"init.weights must be 'ema' or 'raw', got {self.weights!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass
-class LDMOptimConfig:
+class LDMOptimConfig(_Section):
     """AdamW for the U-Net."""
 
     lr: float = 2e-4
