@@ -72,7 +72,20 @@ def test_shipped_ldm_matches_its_card_and_samples(path: Path, one_thread):
     assert not (path / "trainer_state.pt").exists()
     # the first stage is referenced by sha256 and loads; the weights are the EMA
     ldm, loaded = load_ldm(path)
-    assert loaded["shipped_weights"] == "ema" and ldm.num_classes == 10
-    images, labels, _ = generate(ldm, 4, 32, steps=4, seed=0)
-    assert images.shape == (4, 1, 32, 32) and torch.isfinite(images).all()
-    assert labels.tolist() == [0, 1, 2, 3]
+    assert loaded["shipped_weights"] == "ema"
+    channels = loaded["first_stage"]["autoencoder"]["model"]["in_channels"]
+    if config["condition"]["kind"] == "text":
+        # text models: the card shows the conditioning accuracy stored in config.json
+        conditioning = measured["conditioning"]
+        for w, result in conditioning["by_guidance"].items():
+            assert f"| {float(w):g} | {result['all']:.3f} |" in card, f"accuracy at w = {w}"
+        assert ldm.condition_encoder is not None and ldm.num_classes is None
+        prompts = [caption for caption in loaded["prompt_examples"][:4]]
+        images, _, _ = generate(ldm, 4, 32, steps=4, seed=0, prompts=prompts)
+        again, _, _ = generate(ldm, 4, 32, steps=4, seed=0, prompts=prompts)
+        assert torch.equal(images, again), "the same seed and prompts give the same images"
+    else:
+        assert ldm.num_classes == 10
+        images, labels, _ = generate(ldm, 4, 32, steps=4, seed=0)
+        assert labels.tolist() == [0, 1, 2, 3]
+    assert images.shape == (4, channels, 32, 32) and torch.isfinite(images).all()
