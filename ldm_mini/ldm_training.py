@@ -37,6 +37,7 @@ from ldm_mini.unet import UNet, UNetConfig
 STAGE = "ldm"
 MODEL_FILE = "model.safetensors"
 CONDITIONS = ("none", "class", "text")
+TEXT_ENCODERS = ("trained", "minilm")
 log = logging.getLogger("ldm_mini.ldm_training")
 
 
@@ -81,12 +82,21 @@ class ConditionConfig(_Section):
     text_heads: int = 4
     max_length: int = 16  # tokens, with the start token: captions of up to 15 words
     unknown_words: str = "error"  # or "unk": words outside the vocabulary become <unk>
+    # "trained": the word-level TextEncoder above, trained jointly; "minilm": a frozen
+    # pretrained MiniLM (ldm_mini.pretrained_text, 384-dim tokens; text_dim/depth/heads and
+    # unknown_words then do not apply), from the installed package or text_encoder_dir
+    text_encoder: str = "trained"
+    text_encoder_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in CONDITIONS:
             raise ValueError(f"condition.kind must be one of {CONDITIONS}, got {self.kind!r}")
         if not 0.0 <= self.drop_probability <= 1.0:
             raise ValueError(f"drop_probability must be in [0, 1], got {self.drop_probability}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(
+                f"condition.text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}"
+            )
         if self.unknown_words not in UNKNOWN_POLICIES:
             raise ValueError(
                 f"condition.unknown_words must be one of {UNKNOWN_POLICIES}, "
@@ -256,9 +266,7 @@ class LDMStage(TrainingStage):
         self.parsed = parsed
         self.first_stage_config = first_stage_config
         optim: LDMOptimConfig = parsed["optim"]
-        parameters = list(ldm.unet.parameters())
-        if ldm.condition_encoder is not None:  # tau_theta is trained jointly with the U-Net
-            parameters += list(ldm.condition_encoder.parameters())
+        parameters = [p for module in self.modules().values() for p in module.parameters()]
         self._optimizers = {
             "unet": torch.optim.AdamW(
                 parameters,
@@ -269,8 +277,14 @@ class LDMStage(TrainingStage):
         }
         self.generator: torch.Generator | None = None
 
+    @property
+    def trains_condition_encoder(self) -> bool:
+        """True for the jointly trained TextEncoder; False without one or when it is frozen."""
+        return isinstance(self.ldm.condition_encoder, TextEncoder)
+
     def modules(self) -> dict[str, nn.Module]:
-        if self.ldm.condition_encoder is not None:
+        """The trained modules: the U-Net, and tau_theta when it is trained jointly."""
+        if self.trains_condition_encoder:
             return {"unet": self.ldm.unet, "condition_encoder": self.ldm.condition_encoder}
         return {"unet": self.ldm.unet}
 
@@ -282,7 +296,8 @@ class LDMStage(TrainingStage):
 
     def ema_module(self) -> nn.Module:
         if self.ldm.condition_encoder is not None:
-            # both trained modules, under the names "unet." and "condition_encoder."
+            # text: the trained modules under their names ("unet.", "condition_encoder."); a
+            # frozen pretrained encoder is not averaged (nor saved: it is referenced)
             return nn.ModuleDict(self.modules())
         return self.ldm.unet
 
@@ -366,21 +381,39 @@ class LDMStage(TrainingStage):
             "condition": parsed["condition"].to_dict(),
             "latents": parsed["latents"].to_dict(),
             "init": parsed["init"].to_dict(),
-            "tokenizer": None
-            if self.ldm.condition_encoder is None
-            else self.ldm.condition_encoder.tokenizer.to_dict(),
+            "tokenizer": self._tokenizer_config(),
             "scale_factor": float(self.ldm.scale_factor),
             "optim": parsed["optim"].to_dict(),
         }
+
+    def _tokenizer_config(self) -> dict[str, Any] | None:
+        """The word vocabulary of a trained encoder, or the reference of a pretrained one."""
+        encoder = self.ldm.condition_encoder
+        if encoder is None:
+            return None
+        if isinstance(encoder, TextEncoder):
+            return encoder.tokenizer.to_dict()
+        return encoder.to_dict()
 
     def inference_state(self) -> dict[str, Tensor]:
         state = {f"unet.{k}": v for k, v in self.ldm.unet.state_dict().items()} | {
             f"first_stage.{k}": v for k, v in self.ldm.first_stage.state_dict().items()
         }
-        if self.ldm.condition_encoder is not None:
+        if self.trains_condition_encoder:
             encoder = self.ldm.condition_encoder.state_dict()
             state |= {f"condition_encoder.{k}": v for k, v in encoder.items()}
         return state
+
+
+def build_pretrained_text_encoder(
+    condition: ConditionConfig, expected_sha256: str | None = None
+) -> nn.Module:
+    """The frozen MiniLM tau_theta of ``condition.text_encoder == "minilm"``."""
+    from ldm_mini.pretrained_text import PretrainedTextEncoder
+
+    return PretrainedTextEncoder(
+        condition.text_encoder_dir, condition.max_length, expected_sha256=expected_sha256
+    )
 
 
 def build_text_encoder(condition: ConditionConfig, tokenizer: WordTokenizer) -> TextEncoder:
@@ -413,8 +446,12 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
                 f"condition.kind='text' but {data.dataset} has no captions; use a captioned "
                 "dataset (shapes, emoji, a folder with metadata) or condition.kind='class'/'none'."
             )
-        tokenizer = WordTokenizer.from_captions(images.dataset["caption"], condition.max_length)
-        model_values["context_dim"] = condition.text_dim
+        if condition.text_encoder == "minilm":
+            condition_encoder = build_pretrained_text_encoder(condition)
+            model_values["context_dim"] = condition_encoder.dim
+        else:
+            tokenizer = WordTokenizer.from_captions(images.dataset["caption"], condition.max_length)
+            model_values["context_dim"] = condition.text_dim
         model_values["num_classes"] = None
     elif condition.kind == "class":
         num_classes = condition.num_classes
@@ -431,7 +468,7 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
         model_values["num_classes"] = None
     torch.manual_seed(parsed["train"].seed)
     unet = UNet(UNetConfig.from_dict(model_values))
-    if condition.kind == "text":
+    if condition.kind == "text" and condition_encoder is None:
         condition_encoder = build_text_encoder(condition, tokenizer)
     first_stage = first_stage.to(device)
     latents_config: LatentsConfig = parsed["latents"]
@@ -609,7 +646,12 @@ def load_ldm(path: str | Path, device: str = "cpu", use_ema: bool = True):
     if condition.kind == "text":
         if not config.get("tokenizer"):
             raise CheckpointError(f"{path} is text-conditional but stores no tokenizer")
-        encoder = build_text_encoder(condition, WordTokenizer.from_dict(config["tokenizer"]))
+        if condition.text_encoder == "minilm":  # frozen, referenced by sha256, not stored
+            encoder = build_pretrained_text_encoder(
+                condition, expected_sha256=config["tokenizer"]["model_sha256"]
+            )
+        else:
+            encoder = build_text_encoder(condition, WordTokenizer.from_dict(config["tokenizer"]))
     if use_ema and checkpoint.ema_state is not None:
         weights = {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
         if encoder is None:  # a U-Net-only EMA: its names have no prefix
@@ -618,7 +660,9 @@ def load_ldm(path: str | Path, device: str = "cpu", use_ema: bool = True):
         if use_ema and config.get("shipped_weights") != "ema":
             log.warning("%s has no EMA weights; using the raw U-Net weights", path)
         weights = {k: v for k, v in state.items() if not k.startswith("first_stage.")}
-    parts = {"unet": unet} if encoder is None else {"unet": unet, "condition_encoder": encoder}
+    parts: dict[str, nn.Module] = {"unet": unet}
+    if isinstance(encoder, TextEncoder):
+        parts["condition_encoder"] = encoder
     for name, module in parts.items():
         prefix = f"{name}."
         try:
