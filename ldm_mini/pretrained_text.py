@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,7 @@ class PretrainedTextEncoder(nn.Module):
         model_dir: str | Path | None = None,
         max_length: int = 16,
         expected_sha256: str | None = None,
+        cache_size: int = 8192,
     ) -> None:
         super().__init__()
         if not isinstance(max_length, int) or max_length < 2:
@@ -129,6 +131,10 @@ class PretrainedTextEncoder(nn.Module):
         self.model.eval()
         self.model.requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)
+        # frozen and deterministic: the states of a caption can be kept and reused exactly
+        # (training draws the same few thousand captions again and again)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
 
     def train(self, mode: bool = True) -> PretrainedTextEncoder:
         """Frozen: always in eval mode (dropout off)."""
@@ -172,12 +178,24 @@ class PretrainedTextEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Captions (B strings) -> tokens (B, max_length, dim), mask (B, max_length) bool."""
         ids, mask = self.encode_ids(captions)
         device = next(self.model.parameters()).device
-        ids, mask = ids.to(device), mask.to(device)
-        # tau(y) = MiniLM(y): the last layer's token states, (B, L, 384)
-        tokens = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        return tokens, mask
+        known = {c: self._cache[c] for c in captions if c in self._cache}
+        rows = [i for i, c in enumerate(captions) if c not in known and c not in captions[:i]]
+        if rows:
+            new_ids, new_mask = ids[rows].to(device), mask[rows].to(device)
+            # tau(y) = MiniLM(y): the last layer's token states, (B, L, 384)
+            states = self.model(input_ids=new_ids, attention_mask=new_mask.long()).last_hidden_state
+            for index, row in enumerate(rows):
+                known[captions[row]] = (states[index], new_mask[index])
+        for caption in captions:  # most recently used last; the oldest are dropped
+            self._cache[caption] = known[caption]
+            self._cache.move_to_end(caption)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        tokens = torch.stack([known[c][0] for c in captions]).to(device)
+        return tokens, torch.stack([known[c][1] for c in captions]).to(device)
 
     def to_dict(self) -> dict[str, Any]:
         """What a checkpoint records to rebuild (and check) this encoder."""

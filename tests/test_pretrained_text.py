@@ -66,6 +66,22 @@ def test_tokens_mask_null_condition_and_frozen(tiny_bert: Path):
     assert torch.equal(tokens, again)
 
 
+def test_the_cache_of_caption_states_is_exact_and_bounded(tiny_bert: Path):
+    cached = PretrainedTextEncoder(tiny_bert, max_length=12, cache_size=3)
+    uncached = PretrainedTextEncoder(tiny_bert, max_length=12, cache_size=0)
+    batches = [
+        ["a red circle", "a blue square", "a red circle"],
+        ["a blue square", "a green triangle"],
+        ["a red circle", "an orange circle", "a purple square", "a blue square"],
+    ]
+    for captions in batches:
+        a, mask_a = cached(captions)
+        b, mask_b = uncached(captions)
+        assert torch.equal(mask_a, mask_b) and torch.allclose(a, b, atol=1e-5)
+        assert len(cached._cache) <= 3 and not uncached._cache
+    assert list(cached._cache) == ["an orange circle", "a purple square", "a blue square"]
+
+
 def test_padding_does_not_change_real_tokens(tiny_bert: Path):
     short = PretrainedTextEncoder(tiny_bert, max_length=10)
     long = PretrainedTextEncoder(tiny_bert, max_length=16)
