@@ -278,6 +278,22 @@ class LatentDiffusion(nn.Module):
             for caption, dropped in zip(captions, drop.tolist(), strict=True)
         ]
 
+    def _checked_concat(self, concat: Tensor | None, batch: int, size: tuple[int, int]) -> Tensor:
+        """The concatenated input, (batch, concat_channels, *size), or a clear error."""
+        channels = self.unet.config.concat_channels
+        expected = (batch, channels, *size)
+        if channels == 0:
+            raise ValueError(
+                "this LDM's U-Net takes no concatenated input (concat_channels = 0); drop concat."
+            )
+        if not isinstance(concat, Tensor) or tuple(concat.shape) != expected:
+            got = tuple(concat.shape) if isinstance(concat, Tensor) else type(concat).__name__
+            raise ValueError(
+                f"this LDM concatenates {channels} channels to z_t: pass concat of shape "
+                f"{expected} (the low-resolution image at the latent's size), got {got}."
+            )
+        return concat
+
     def encode_condition(self, captions: Sequence[str]) -> dict[str, Tensor]:
         """tau_theta(y) as the U-Net's keywords: ``{"context": (B, M, d), "key_padding_mask"}``."""
         if self.condition_encoder is None:
@@ -294,6 +310,7 @@ class LatentDiffusion(nn.Module):
         t: Tensor | None = None,
         noise: Tensor | None = None,
         captions: Sequence[str] | None = None,
+        concat: Tensor | None = None,
     ) -> Tensor:
         """L_LDM = E_{z_0, t, eps} ||eps - eps_theta(z_t, t, y)||^2 on scaled latents z0.
 
@@ -301,6 +318,9 @@ class LatentDiffusion(nn.Module):
         labels when class-conditional, dropped to the null class with ``drop_probability``;
         ``captions``: B strings when text-conditional, dropped to "" likewise, then encoded by
         tau_theta (whose weights get gradients too: it is trained jointly).
+        ``concat``: (B, concat_channels, h, w) joined to z_t along channels when the U-Net
+        has ``concat_channels`` (super-resolution: the low-resolution image at the latent's
+        size, :func:`ldm_mini.superres.concat_condition`); it is never dropped.
         ``t`` (B,) and ``noise`` (like z0) are drawn with ``generator`` unless given.
         """
         if z0.ndim != 4 or z0.shape[1] != self.latent_channels:
@@ -315,6 +335,8 @@ class LatentDiffusion(nn.Module):
         captions = self.captions_for_training(captions, z0.shape[0], drop_probability, generator)
         if captions is not None:
             kwargs.update(self.encode_condition(captions))
+        if concat is not None or self.unet.config.concat_channels:
+            kwargs["concat"] = self._checked_concat(concat, z0.shape[0], tuple(z0.shape[-2:]))
         return self.schedule.training_loss(
             self.unet, z0, t=t, noise=noise, generator=generator, model_kwargs=kwargs
         )
@@ -336,6 +358,7 @@ class LatentDiffusion(nn.Module):
         progress: bool = False,
         eta: float = 0.0,
         prompts: Sequence[str] | None = None,
+        concat: Tensor | None = None,
     ) -> tuple[Tensor, SamplerOutput]:
         """Draw z_0 with ``sampler`` ("ddpm", "ddim", "dpm++") and decode it once.
 
@@ -343,7 +366,9 @@ class LatentDiffusion(nn.Module):
         sampler's output (scaled latents; trajectories when ``return_trajectory``).
         ``labels`` (N,) for class-conditional models, ``prompts`` (N strings; "" is the
         unconditional prompt) for text-conditional ones; ``guidance`` w is the
-        classifier-free guidance scale (1: the conditional model alone).
+        classifier-free guidance scale (1: the conditional model alone). ``concat``
+        (N, concat_channels, h, w) for U-Nets that concatenate an input to z_t (super-resolution;
+        there is no null image, so those sample with w = 1).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
@@ -390,8 +415,17 @@ class LatentDiffusion(nn.Module):
             kwargs["class_labels"] = labels
             null = {"class_labels": torch.full_like(labels, self.num_classes)}
             model = ClassifierFreeGuidance(self.unet, guidance, null)
-        elif labels is not None or guidance != 1.0:
+        elif labels is not None or (guidance != 1.0 and concat is None):
             raise ValueError("this LDM is unconditional: no labels or guidance.")
+        if concat is not None or self.unet.config.concat_channels:
+            if guidance != 1.0:
+                raise ValueError(
+                    "classifier-free guidance needs a null condition; a concatenated input "
+                    "(super-resolution) has none here: sample with guidance 1."
+                )
+            if model is not self.unet:
+                raise ValueError("a concatenated input is implemented without labels or prompts.")
+            kwargs["concat"] = self._checked_concat(concat, num_samples, (height, width)).to(device)
         shape = (num_samples, self.latent_channels, height, width)
         start = shape if noise is None else noise.to(device)
         common = dict(

@@ -1,9 +1,12 @@
 """Super-resolution with latent diffusion (LDM-SR, LDM-BSR): degradations, and conditioning by
 concatenating the low-resolution image to z_t.
 
-Taught in notebook 08_super_resolution. So far: :mod:`.degradations` (bicubic and blind).
+Taught in notebook 08_super_resolution. So far: :mod:`.degradations` (bicubic and blind) and
+:mod:`.concat` (the low-resolution image joined to z_t), :mod:`.data` (training crops).
 """
 
+from ldm_mini.superres.concat import concat_condition, unet_input
+from ldm_mini.superres.data import SRCrops
 from ldm_mini.superres.degradations import (
     DEGRADATIONS,
     Bicubic,
@@ -15,9 +18,12 @@ from ldm_mini.superres.degradations import (
 
 __all__ = [
     "DEGRADATIONS",
+    "SRCrops",
     "Bicubic",
     "Blind",
     "BlindRanges",
     "bicubic_downsample",
+    "concat_condition",
     "make_degradation",
+    "unet_input",
 ]

@@ -1,0 +1,79 @@
+"""Training pairs for super-resolution: random high-resolution crops and their degradations.
+
+Taught in notebook 08_super_resolution. The bundled ``photos`` have a few whole photographs
+per split (the test photos are never cropped for training); every epoch draws new crops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ldm_mini.data.tensors import pil_to_tensor
+from ldm_mini.superres.degradations import Bicubic, Blind
+
+
+class SRCrops(torch.utils.data.Dataset):
+    """``length`` random crops of a dataset's images with their low-resolution versions.
+
+    Item ``i`` is a dict: ``image`` (3, crop_size, crop_size) in [-1, 1] (the target),
+    ``low`` (3, crop_size / f, crop_size / f) in [-1, 1] (the input, ``degradation`` of the
+    target), ``index``. Crop ``i`` comes from image ``i % len(dataset)``, at a position (and a
+    horizontal flip, with ``hflip``) drawn from ``numpy.random.default_rng([seed, epoch, i])``,
+    which also seeds the degradation: an item is the same in every run and every worker.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        crop_size: int = 64,
+        degradation: Bicubic | Blind | None = None,
+        length: int | None = None,
+        hflip: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.degradation = degradation if degradation is not None else Bicubic(4)
+        factor = self.degradation.factor
+        if not isinstance(crop_size, int) or crop_size < factor or crop_size % factor:
+            raise ValueError(
+                f"crop_size must be a positive multiple of the degradation's factor {factor}, "
+                f"got {crop_size!r}"
+            )
+        if "image" not in getattr(dataset, "column_names", []) or len(dataset) == 0:
+            raise ValueError("dataset must be a non-empty datasets.Dataset with an 'image' column")
+        self.images = [dataset[i]["image"].convert("RGB") for i in range(len(dataset))]
+        small = [(i, im.size) for i, im in enumerate(self.images) if min(im.size) < crop_size]
+        if small:
+            raise ValueError(
+                f"images smaller than the {crop_size}x{crop_size} crop: {small} (index, size); "
+                "use a smaller crop_size or drop them"
+            )
+        self.crop_size = crop_size
+        self.length = 100 * len(self.images) if length is None else int(length)
+        self.hflip = hflip
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """New crops for a new epoch (the engine calls this)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} crops")
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image = self.images[index % len(self.images)]
+        width, height = image.size
+        left = int(rng.integers(0, width - self.crop_size + 1))
+        top = int(rng.integers(0, height - self.crop_size + 1))
+        crop = image.crop((left, top, left + self.crop_size, top + self.crop_size))
+        target = pil_to_tensor(crop)
+        if self.hflip and rng.random() < 0.5:
+            target = target.flip(-1)
+        low = self.degradation(target[None], seed=int(rng.integers(2**31)))[0]
+        return {"image": target, "low": low, "index": index}
