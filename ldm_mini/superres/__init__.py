@@ -1,8 +1,9 @@
 """Super-resolution with latent diffusion (LDM-SR, LDM-BSR): degradations, and conditioning by
 concatenating the low-resolution image to z_t.
 
-Taught in notebook 08_super_resolution. So far: :mod:`.degradations` (bicubic and blind) and
-:mod:`.concat` (the low-resolution image joined to z_t), :mod:`.data` (training crops).
+Taught in notebook 08_super_resolution. So far: :mod:`.degradations` (bicubic and blind),
+:mod:`.concat` (the low-resolution image joined to z_t), :mod:`.data` (training crops) and
+:mod:`.tiling` (whole images as overlapping tiles, blended at every sampling step).
 """
 
 from ldm_mini.superres.concat import concat_condition, unet_input
@@ -15,10 +16,12 @@ from ldm_mini.superres.degradations import (
     bicubic_downsample,
     make_degradation,
 )
+from ldm_mini.superres.tiling import TiledDenoiser
 
 __all__ = [
     "DEGRADATIONS",
     "SRCrops",
+    "TiledDenoiser",
     "Bicubic",
     "Blind",
     "BlindRanges",
