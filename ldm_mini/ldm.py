@@ -359,6 +359,7 @@ class LatentDiffusion(nn.Module):
         eta: float = 0.0,
         prompts: Sequence[str] | None = None,
         concat: Tensor | None = None,
+        denoiser: nn.Module | None = None,
     ) -> tuple[Tensor, SamplerOutput]:
         """Draw z_0 with ``sampler`` ("ddpm", "ddim", "dpm++") and decode it once.
 
@@ -368,7 +369,9 @@ class LatentDiffusion(nn.Module):
         unconditional prompt) for text-conditional ones; ``guidance`` w is the
         classifier-free guidance scale (1: the conditional model alone). ``concat``
         (N, concat_channels, h, w) for U-Nets that concatenate an input to z_t (super-resolution;
-        there is no null image, so those sample with w = 1).
+        there is no null image, so those sample with w = 1). ``denoiser``: a wrapper of the
+        U-Net to call instead of it (e.g. ``ldm_mini.superres.TiledDenoiser`` for large
+        images); not combined with guidance.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
@@ -426,6 +429,10 @@ class LatentDiffusion(nn.Module):
             if model is not self.unet:
                 raise ValueError("a concatenated input is implemented without labels or prompts.")
             kwargs["concat"] = self._checked_concat(concat, num_samples, (height, width)).to(device)
+        if denoiser is not None:
+            if model is not self.unet:
+                raise ValueError("a denoiser wrapper is implemented without guidance (w = 1).")
+            model = denoiser
         shape = (num_samples, self.latent_channels, height, width)
         start = shape if noise is None else noise.to(device)
         common = dict(

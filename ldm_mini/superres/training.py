@@ -1,0 +1,352 @@
+"""Training LDM-SR / LDM-BSR, and the regression baseline, with the course's one engine.
+
+Taught in notebook 08_super_resolution. A run trains the U-Net on random crops of a dataset
+(``photos`` by default): the crop x is encoded, z_0 = s E(x), and its degraded version y
+(bicubic or blind, :mod:`.degradations`) is concatenated to z_t. Two objectives share the
+config, the U-Net and the checkpoint format:
+
+* ``diffusion`` (LDM-SR): L = E ||eps - eps_theta([z_t ; y], t)||^2, sampled with any sampler;
+* ``regression`` (the paper's baseline in Table 5): the same U-Net maps [0 ; y] at t = 0
+  straight to z_0, L = ||z_0 - f_theta([0 ; y])||^2, one forward pass to sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ldm_mini.checkpoints import CheckpointError, load_checkpoint
+from ldm_mini.ldm import LatentDiffusion, estimate_scale_factor
+from ldm_mini.ldm_training import (
+    DiffusionConfig,
+    FirstStageConfig,
+    LDMOptimConfig,
+    _referenced_first_stage_state,
+    _Section,
+    build_first_stage,
+)
+from ldm_mini.superres.concat import concat_condition
+from ldm_mini.superres.data import SRCrops
+from ldm_mini.superres.degradations import DEGRADATIONS, make_degradation
+from ldm_mini.train import TrainConfig, Trainer, TrainingStage, config_from_dict
+from ldm_mini.unet import UNet, UNetConfig
+
+STAGE = "sr"
+OBJECTIVES = ("diffusion", "regression")
+SECTIONS = ("description", "data", "first_stage", "model", "objective", "diffusion", "latents",
+            "optim", "train")  # fmt: skip
+
+
+@dataclass
+class SRDataConfig(_Section):
+    """Where the training crops come from and how they are degraded."""
+
+    dataset: str = "photos"
+    split: str = "train"
+    crop_size: int = 64  # high-resolution crop, pixels
+    degradation: str = "bicubic"  # or "blind"
+    factor: int = 4  # the low-resolution input is crop_size / factor pixels
+    crops_per_epoch: int = 2000
+    hflip: bool = True
+    options: dict[str, Any] | None = None  # passed to ldm_mini.data.load_dataset
+
+    def __post_init__(self) -> None:
+        if self.degradation not in DEGRADATIONS:
+            raise ValueError(
+                f"data.degradation must be one of {sorted(DEGRADATIONS)}, got {self.degradation!r}"
+            )
+        if self.crops_per_epoch < 1:
+            raise ValueError(f"data.crops_per_epoch must be >= 1, got {self.crops_per_epoch}")
+
+
+@dataclass
+class ObjectiveConfig(_Section):
+    """``diffusion`` (LDM-SR) or ``regression`` (the baseline: the same U-Net, one pass)."""
+
+    kind: str = "diffusion"
+
+    def __post_init__(self) -> None:
+        if self.kind not in OBJECTIVES:
+            raise ValueError(f"objective.kind must be one of {OBJECTIVES}, got {self.kind!r}")
+
+
+@dataclass
+class SRLatentsConfig(_Section):
+    """The latent scale factor s (None: 1 / std of the latents of 512 training crops)."""
+
+    scale_factor: float | None = None
+
+
+def load_sr_preset(name: str) -> dict[str, Any]:
+    """The SR preset ``configs/sr/NAME.json`` with its U-Net from ``configs/unet/NAME.json``."""
+    from ldm_mini.configs import load_preset
+
+    config = load_preset("sr", name)
+    config["model"] = {**load_preset("unet", name)["model"], **config.get("model", {})}
+    return config
+
+
+def parse_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate a full SR config dict into its dataclasses (unknown keys are errors)."""
+    unknown = sorted(set(config) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; sections: {list(SECTIONS)}")
+    optim_values = dict(config.get("optim", {}))
+    if "betas" in optim_values:
+        optim_values["betas"] = tuple(optim_values["betas"])
+    model = dict(config.get("model", {}))
+    valid = {f.name for f in dataclasses.fields(UNetConfig)}
+    bad = sorted(set(model) - valid)
+    if bad:
+        raise ValueError(f"unknown model (U-Net) key(s) {bad}; valid: {sorted(valid)}")
+    return {
+        "data": config_from_dict(SRDataConfig, config.get("data", {}), "data"),
+        "first_stage": config_from_dict(
+            FirstStageConfig, config.get("first_stage", {}), "first_stage"
+        ),
+        "model": model,
+        "objective": config_from_dict(ObjectiveConfig, config.get("objective", {}), "objective"),
+        "diffusion": config_from_dict(DiffusionConfig, config.get("diffusion", {}), "diffusion"),
+        "latents": config_from_dict(SRLatentsConfig, config.get("latents", {}), "latents"),
+        "optim": config_from_dict(LDMOptimConfig, optim_values, "optim"),
+        "train": TrainConfig.from_dict(config.get("train", {})),
+    }
+
+
+def regression_predict(ldm: LatentDiffusion, low: Tensor, latent_size: tuple[int, int]) -> Tensor:
+    """The regression baseline: z_0 = f_theta([0 ; y], t = 0), (B, c, h, w) scaled latents."""
+    condition = concat_condition(low, latent_size)
+    zeros = torch.zeros(
+        low.shape[0], ldm.latent_channels, *latent_size, device=low.device, dtype=low.dtype
+    )
+    t = torch.zeros(low.shape[0], dtype=torch.long, device=low.device)
+    return ldm.unet(zeros, t, concat=condition)
+
+
+class SRStage(TrainingStage):
+    """LDM-SR (or the regression baseline) as a stage of the engine; EMA of the U-Net."""
+
+    name = STAGE
+
+    def __init__(self, ldm: LatentDiffusion, parsed: dict[str, Any], first_stage_config) -> None:
+        self.ldm = ldm
+        self.parsed = parsed
+        self.first_stage_config = first_stage_config
+        optim: LDMOptimConfig = parsed["optim"]
+        self._optimizers = {
+            "unet": torch.optim.AdamW(
+                ldm.unet.parameters(),
+                optim.lr,
+                betas=tuple(optim.betas),
+                weight_decay=optim.weight_decay,
+            )
+        }
+
+    @property
+    def objective(self) -> str:
+        return self.parsed["objective"].kind
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.ldm.unet}
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"first_stage": self.ldm.first_stage, "ldm": self.ldm}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self._optimizers
+
+    def ema_module(self) -> nn.Module:
+        return self.ldm.unet
+
+    def loss(self, optimizer, batch, step, scratch):
+        ldm = self.ldm
+        with torch.no_grad():
+            z0 = ldm.encode(batch["image"])  # z_0 = s E(x)
+        condition = concat_condition(batch["low"], tuple(z0.shape[-2:]))
+        if self.objective == "regression":
+            # L = || z_0 - f_theta([0 ; y], 0) ||^2
+            loss = F.mse_loss(regression_predict(ldm, batch["low"], tuple(z0.shape[-2:])), z0)
+            return loss, {"loss": float(loss.detach())}
+        # t and eps for the whole global batch from a generator fixed by (seed, step); each
+        # process takes its slice (as the LDM stage does)
+        rank, world = scratch.get("rank", 0), scratch.get("world_size", 1)
+        local = z0.shape[0]
+        part = slice(rank * local, (rank + 1) * local)
+        generator = torch.Generator().manual_seed(self.parsed["train"].seed * 1_000_003 + step)
+        t = torch.randint(0, ldm.schedule.num_timesteps, (local * world,), generator=generator)
+        noise = torch.randn((local * world, *z0.shape[1:]), generator=generator)
+        loss = ldm.training_loss(
+            z0, t=t[part].to(z0.device), noise=noise[part].to(z0.device), concat=condition
+        )
+        return loss, {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def sample_images(self, batch):
+        images, low = batch["image"][:6], batch["low"][:6]
+        upscaled = super_resolve(self.ldm, low, self.objective, steps=20, seed=0)
+        bicubic = F.interpolate(low, size=images.shape[-2:], mode="bicubic").clamp(-1, 1)
+        return torch.cat([bicubic, upscaled, images])
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        parsed = self.parsed
+        return {
+            "model": self.ldm.unet.config.to_dict(),
+            "data": parsed["data"].to_dict(),
+            "first_stage": {
+                **parsed["first_stage"].to_dict(),
+                "autoencoder": self.first_stage_config,
+                "model_sha256": None
+                if self.first_stage_config is None
+                else self.first_stage_config["files"]["model.safetensors"],
+                "downsampling_factor": self.ldm.downsampling_factor,
+                "latent_channels": self.ldm.latent_channels,
+            },
+            "objective": parsed["objective"].to_dict(),
+            "diffusion": parsed["diffusion"].to_dict(),
+            "latents": parsed["latents"].to_dict(),
+            "scale_factor": float(self.ldm.scale_factor),
+            "optim": parsed["optim"].to_dict(),
+        }
+
+    def inference_state(self) -> dict[str, Tensor]:
+        return {f"unet.{k}": v for k, v in self.ldm.unet.state_dict().items()} | {
+            f"first_stage.{k}": v for k, v in self.ldm.first_stage.state_dict().items()
+        }
+
+
+def make_stage(config: dict[str, Any], device: str = "cpu"):
+    """Build (stage, training crops, engine config) from a full SR config dict."""
+    from ldm_mini.data import load_dataset
+
+    parsed = parse_config(config)
+    data: SRDataConfig = parsed["data"]
+    source = load_dataset(data.dataset, split=data.split, **(data.options or {}))
+    crops = SRCrops(
+        source,
+        data.crop_size,
+        make_degradation(data.degradation, data.factor),
+        length=data.crops_per_epoch,
+        hflip=data.hflip,
+        seed=parsed["train"].seed,
+    )
+    first_stage, first_stage_config = build_first_stage(parsed["first_stage"].checkpoint, 3)
+    channels = first_stage.config.latent_channels if first_stage_config else 3
+    model_values = dict(parsed["model"])
+    model_values.update(
+        in_channels=channels, out_channels=channels, concat_channels=3,
+        num_classes=None, context_dim=None,
+    )  # fmt: skip
+    torch.manual_seed(parsed["train"].seed)
+    unet = UNet(UNetConfig.from_dict(model_values))
+    first_stage = first_stage.to(device)
+    scale = parsed["latents"].scale_factor
+    if scale is None:
+        if first_stage_config is None:
+            scale = 1.0  # pixels in [-1, 1] (pixel-space SR)
+        else:
+            sample = torch.utils.data.Subset(crops, range(min(len(crops), 512)))
+            loader = torch.utils.data.DataLoader(sample, batch_size=128)
+            scale = estimate_scale_factor(first_stage, (b["image"] for b in loader), device)[
+                "scale_factor"
+            ]
+    ldm = LatentDiffusion(first_stage, unet, parsed["diffusion"].build(), scale).to(device)
+    return SRStage(ldm, parsed, first_stage_config), crops, parsed["train"]
+
+
+def train_sr(
+    config: dict[str, Any], out: str | Path, resume: bool = True, progress: bool = True
+) -> dict[str, Any]:
+    """Train (or resume) a super-resolution run into ``out``; returns the last logged values."""
+    from ldm_mini.environment import pick_device
+
+    train = TrainConfig.from_dict(config.get("train", {}))
+    device = pick_device(None if train.device == "auto" else train.device)
+    stage, dataset, train_config = make_stage(config, device)
+    trainer = Trainer(stage, dataset, train_config, out, resume=resume, progress=progress)
+    return trainer.fit()
+
+
+def load_sr(path: str | Path, device: str = "cpu", use_ema: bool = True):
+    """Load a super-resolution checkpoint; returns ``(ldm, config)`` (EMA U-Net by default)."""
+    from ldm_mini.autoencoder import AutoencoderConfig, build_autoencoder
+    from ldm_mini.ldm import IdentityFirstStage
+
+    checkpoint = load_checkpoint(path, expected_stage=STAGE)
+    config = checkpoint.config
+    first = config["first_stage"]
+    if first["checkpoint"] == "identity":
+        first_stage: nn.Module = IdentityFirstStage(int(first["latent_channels"]))
+    else:
+        first_stage = build_autoencoder(AutoencoderConfig.from_dict(first["autoencoder"]["model"]))
+    state = checkpoint.model_state
+    first_state = {k[12:]: v for k, v in state.items() if k.startswith("first_stage.")}
+    if not first_state and first["checkpoint"] != "identity":
+        first_state = _referenced_first_stage_state(first, path)
+    first_stage.load_state_dict(first_state)
+    unet = UNet(UNetConfig.from_dict(config["model"]))
+    if use_ema and checkpoint.ema_state is not None:
+        weights = {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
+    else:
+        weights = {k[5:]: v for k, v in state.items() if k.startswith("unet.")}
+    try:
+        unet.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"the U-Net weights in {path} do not fit its config: {err}") from err
+    schedule = config_from_dict(DiffusionConfig, config["diffusion"], "diffusion").build()
+    ldm = LatentDiffusion(first_stage, unet, schedule, float(config["scale_factor"]))
+    return ldm.to(device).eval(), config
+
+
+@torch.no_grad()
+def super_resolve(
+    ldm: LatentDiffusion,
+    low: Tensor,
+    objective: str = "diffusion",
+    *,
+    factor: int = 4,
+    steps: int = 50,
+    sampler: str = "ddim",
+    seed: int = 0,
+    tile: int | None = None,
+    overlap: int = 8,
+) -> Tensor:
+    """Low-resolution images (B, 3, h, w) in [-1, 1] -> (B, 3, factor h, factor w).
+
+    The latent has the size of the output / f; ``tile`` (latent positions) evaluates the
+    U-Net on overlapping tiles at every step (:class:`.tiling.TiledDenoiser`), for inputs
+    larger than the training crops.
+    """
+    from ldm_mini.superres.tiling import TiledDenoiser
+
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    height, width = low.shape[-2] * factor, low.shape[-1] * factor
+    f = ldm.downsampling_factor
+    if height % f or width % f:
+        raise ValueError(
+            f"output size {height}x{width} is not divisible by the first stage's f={f}"
+        )
+    latent_size = (height // f, width // f)
+    device = ldm.scale_factor.device
+    low = low.to(device)
+    if objective == "regression":
+        z0 = regression_predict(ldm, low, latent_size)
+        return ldm.decode(z0).clamp(-1, 1)
+    denoiser = None if tile is None else TiledDenoiser(ldm.unet, tile, overlap)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    images, _ = ldm.sample(
+        low.shape[0],
+        latent_size,
+        sampler=sampler,
+        steps=steps,
+        generator=generator,
+        concat=concat_condition(low, latent_size),
+        denoiser=denoiser,
+    )
+    return images
