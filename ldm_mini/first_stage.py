@@ -39,6 +39,19 @@ class DataConfig:
     limit: int | None = None  # use only the first N images (quick runs)
     # options for the dataset's loader, e.g. {"prompts": "seen"} for shapes (see load_dataset)
     options: dict[str, Any] | None = None
+    # None: one item per image, brought to image_size by `resize`; N: N random crops of
+    # image_size x image_size per image and epoch at native resolution (a few large photos)
+    crops_per_image: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.crops_per_image is not None and (
+            isinstance(self.crops_per_image, bool)
+            or not isinstance(self.crops_per_image, int)
+            or self.crops_per_image < 1
+        ):
+            raise ValueError(
+                f"data.crops_per_image must be null or an int >= 1, got {self.crops_per_image!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,6 +105,17 @@ def build_dataset(data: DataConfig, seed: int = 0):
     hf_dataset = load_dataset(data.dataset, split=data.split, **kwargs)
     if data.limit is not None:
         hf_dataset = hf_dataset.select(range(min(data.limit, len(hf_dataset))))
+    if data.crops_per_image is not None:
+        return TensorImageDataset(
+            hf_dataset,
+            data.image_size,
+            data.channels,
+            "crop",
+            random_crop=True,
+            hflip=data.hflip,
+            seed=seed,
+            repeat=data.crops_per_image,
+        )
     return TensorImageDataset(
         hf_dataset, data.image_size, data.channels, data.resize, hflip=data.hflip, seed=seed
     )

@@ -90,3 +90,24 @@ def test_dataloader_batches_and_shuffles_deterministically(fashion):
     assert batches[0]["label"].dtype == torch.int64 and len(batches[0]["caption"]) == 16
     assert torch.equal(batches[0]["index"], batches[1]["index"])
     assert not torch.equal(batches[0]["index"], other["index"])
+
+
+def test_crops_per_image_gives_many_native_crops_of_few_photos():
+    from ldm_mini.first_stage import DataConfig, build_dataset
+
+    data = DataConfig(dataset="photos", image_size=64, crops_per_image=5, hflip=False)
+    crops = build_dataset(data, seed=1)
+    photos = crops.dataset
+    assert len(crops) == 5 * len(photos) == 35
+    first, again = crops[2], crops[2 + len(photos)]  # two crops of photo 2
+    assert first["image"].shape == (3, 64, 64)
+    assert not torch.equal(first["image"], again["image"]), "each repeat has its own crop"
+    # a crop is a window of its photo at native resolution (not a resized whole photo)
+    source = pil_to_tensor(photos[2]["image"].convert("RGB"))
+    corners = (source[:, :-63, :-63] == first["image"][:, :1, :1]).all(0).nonzero().tolist()
+    assert any(
+        torch.equal(source[:, top : top + 64, left : left + 64], first["image"])
+        for top, left in corners
+    )
+    with pytest.raises(ValueError, match="crops_per_image"):
+        DataConfig(dataset="photos", crops_per_image=0)

@@ -86,7 +86,9 @@ class TensorImageDataset(torch.utils.data.Dataset):
 
     Item ``i`` is a dict: ``image`` float tensor (channels, image_size, image_size) in
     [-1, 1], ``index`` (int), and ``label`` (int) / ``caption`` (str) when the dataset has
-    those columns. ``channels`` 1 (grey) or 3 (RGB); None takes 1 for greyscale datasets
+    those columns. ``repeat`` N makes each image N items per epoch (item ``i`` shows image
+    ``i % len(dataset)``, with its own random crop and flip): many crops of a few large photos.
+    ``channels`` 1 (grey) or 3 (RGB); None takes 1 for greyscale datasets
     (judged from the first image) and 3 otherwise.
     """
 
@@ -100,6 +102,7 @@ class TensorImageDataset(torch.utils.data.Dataset):
         hflip: bool = False,
         pad_value: int | tuple[int, ...] | None = None,
         seed: int = 0,
+        repeat: int = 1,
     ) -> None:
         if "image" not in dataset.column_names:
             raise ValueError(f"dataset has no 'image' column (columns: {dataset.column_names})")
@@ -109,6 +112,9 @@ class TensorImageDataset(torch.utils.data.Dataset):
             raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            raise ValueError(f"repeat must be an int >= 1, got {repeat!r}")
+        self.repeat = repeat
         self.dataset = dataset
         self.image_size = int(image_size)
         if channels is None:
@@ -127,12 +133,12 @@ class TensorImageDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset) * self.repeat
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
-        row = self.dataset[int(index)]
+        row = self.dataset[int(index) % len(self.dataset)]
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         image = row["image"].convert("L" if self.channels == 1 else "RGB")
         image = fit_image(
