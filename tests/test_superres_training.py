@@ -80,3 +80,34 @@ def test_regression_baseline_and_latent_space(tmp_path: Path):
     ldm, config = load_sr(latent)
     assert config["first_stage"]["downsampling_factor"] == 4 and config["scale_factor"] != 1.0
     assert super_resolve(ldm, low, steps=2).shape == (1, 3, 32, 32)
+
+
+def test_cli_trains_and_upscales_any_size(diffusion_run: Path, tmp_path: Path, capsys):
+    from PIL import Image
+
+    from ldm_mini.cli import main
+
+    photo = tmp_path / "small.png"
+    Image.new("RGB", (13, 10), (200, 40, 40)).save(photo)
+    out = tmp_path / "big.png"
+    argv = ["superres", str(photo), "--checkpoint", str(diffusion_run), "--out", str(out),
+            "--steps", "2", "--tile", "16", "--overlap", "4"]  # fmt: skip
+    assert main(argv) == 0
+    with Image.open(out) as result:
+        assert result.size == (52, 40)  # 4x, any size (pixel space: nothing to crop)
+    assert "13x10 -> 52x40" in capsys.readouterr().out
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    assert (
+        main(["superres", str(broken), "--checkpoint", str(diffusion_run), "--out", str(out)]) == 2
+    )
+    assert "cannot read" in capsys.readouterr().err
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (3, 3)).save(tiny)
+    assert main(["superres", str(tiny), "--checkpoint", str(diffusion_run), "--out", str(out)]) == 2
+    assert "too small" in capsys.readouterr().err
+    run = tmp_path / "cli_run"
+    argv = ["train-sr", "--preset", "tiny", "--degradation", "blind", "--objective", "regression",
+            "--steps", "2", "--quiet", "--out", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    assert load_checkpoint(run).config["data"]["degradation"] == "blind"
