@@ -296,6 +296,30 @@ def _cmd_evaluate_ldm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate_sr(args: argparse.Namespace) -> int:
+    from ldm_mini.superres.evaluation import evaluate_sr
+
+    result = evaluate_sr(
+        args.checkpoint,
+        args.regression,
+        args.n,
+        steps=args.steps,
+        seed=args.seed,
+        feature_extractor=args.features,
+        device=args.device,
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for method in [k for k in result if k != "settings"]:
+        values = result[method]
+        print(
+            f"{method:12s} PSNR {values['psnr']:6.2f} dB  SSIM {values['ssim']:.4f}  "
+            f"perceptual {values['perceptual']:.4f}  {values['fd_label']} {values['fd']:.1f}"
+        )
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ldm_mini.first_stage import evaluate_autoencoder
 
@@ -485,6 +509,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev_ldm.add_argument("--device", default="cpu")
     ev_ldm.add_argument("--json", action="store_true", help="print one JSON object")
     ev_ldm.set_defaults(func=_cmd_evaluate_ldm)
+    ev_sr = evaluate_sub.add_parser(
+        "sr",
+        help="LDM-SR vs bicubic (and regression): PSNR, SSIM, perceptual, FD on held-out crops",
+    )
+    ev_sr.add_argument("--checkpoint", required=True, help="LDM-SR checkpoint or run folder")
+    ev_sr.add_argument("--regression", help="the regression baseline's checkpoint (optional)")
+    ev_sr.add_argument("--n", type=int, default=200, help="held-out crops (default: 200)")
+    ev_sr.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
+    ev_sr.add_argument("--seed", type=int, default=0)
+    ev_sr.add_argument("--features", default="auto", help="FD feature extractor (default: auto)")
+    ev_sr.add_argument("--device", default="cpu")
+    ev_sr.add_argument("--json", action="store_true", help="print one JSON object")
+    ev_sr.set_defaults(func=_cmd_evaluate_sr)
     return parser
 
 

@@ -111,3 +111,31 @@ def test_cli_trains_and_upscales_any_size(diffusion_run: Path, tmp_path: Path, c
             "--steps", "2", "--quiet", "--out", str(run)]  # fmt: skip
     assert main(argv) == 0
     assert load_checkpoint(run).config["data"]["degradation"] == "blind"
+
+
+def test_evaluate_sr_scores_every_method_on_the_same_crops(diffusion_run: Path, tmp_path, capsys):
+    from ldm_mini.cli import main
+    from ldm_mini.superres.evaluation import bicubic_upsample, evaluate_sr, heldout_crops
+
+    regression = tmp_path / "regression"
+    train_sr(sr_config(**{"objective.kind": "regression", "train.steps": 2}), regression,
+             progress=False)  # fmt: skip
+    config = load_checkpoint(diffusion_run).config
+    real, low = heldout_crops(config, 8)
+    again_real, _ = heldout_crops(config, 8)
+    assert real.shape == (8, 3, 32, 32) and low.shape == (8, 3, 8, 8)
+    assert torch.equal(real, again_real), "the held-out crops are fixed"
+    assert bicubic_upsample(low, 4).shape == real.shape
+    result = evaluate_sr(diffusion_run, regression, n=8, steps=2)
+    assert set(result) == {"ldm_sr", "bicubic", "regression", "settings"}
+    for method in ("ldm_sr", "bicubic", "regression"):
+        assert {"psnr", "ssim", "perceptual", "fd"} <= set(result[method])
+    # bicubic of a bicubic-downsampled crop is far better than a 6-step model
+    assert result["bicubic"]["psnr"] > result["ldm_sr"]["psnr"]
+    with pytest.raises(ValueError, match="is a regression checkpoint"):
+        evaluate_sr(regression, n=8)
+    argv = ["evaluate", "sr", "--checkpoint", str(diffusion_run), "--n", "8", "--steps", "2",
+            "--json"]  # fmt: skip
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"ldm_sr", "bicubic", "settings"}
