@@ -80,3 +80,19 @@ def test_tiling_a_context_free_model_changes_nothing():
             assert torch.allclose(tiled, full, atol=1e-5), (tile, overlap, batch_tiles)
     with pytest.raises(ValueError, match="overlap < tile"):
         TiledDenoiser(model, tile=4, overlap=6)
+
+
+def test_seam_ratio_finds_seams_and_passes_smooth_images():
+    from ldm_mini.superres.tiling import seam_ratio, tile_borders
+
+    assert tile_borders(20, 8, 3) == [5, 8, 10, 12, 13, 18]  # tiles at 0, 5, 10, 12
+    assert tile_borders(8, 8, 2) == []
+    generator = torch.Generator().manual_seed(0)
+    texture = torch.rand(3, 80, 80, generator=generator) * 0.2
+    assert 0.8 < seam_ratio(texture, tile=8, overlap=3, scale=4) < 1.25
+    seamed = texture.clone()
+    for line in tile_borders(20, 8, 3, scale=4):  # a step at every tile border
+        seamed[:, :, line:] += 0.3
+        seamed[:, line:, :] += 0.3
+    assert seam_ratio(seamed, tile=8, overlap=3, scale=4) > 3
+    assert seam_ratio(texture, tile=32, overlap=3, scale=4) != seam_ratio(texture, 32, 3, 4)  # NaN
