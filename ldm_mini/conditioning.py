@@ -239,6 +239,10 @@ class TextEncoder(nn.Module):
         self.unknown = unknown
         self.token_embedding = nn.Embedding(len(tokenizer), dim)
         self.position_embedding = nn.Parameter(torch.zeros(tokenizer.max_length, dim))
+        # both at the same small scale (as GPT-2 and CLIP initialise them): with nn.Embedding's
+        # default N(0, 1) the positions would be ~2% of a token's norm, and "red" in "a red
+        # circle above a blue square" would hardly know which object it belongs to
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding, std=0.02)
         self.layers = nn.ModuleList(TextEncoderLayer(dim, heads, dropout) for _ in range(depth))
         self.final_norm = nn.LayerNorm(dim)

@@ -121,3 +121,18 @@ def test_text_encoder_shapes_determinism_and_padding_changes_nothing():
     with pytest.raises(ValueError, match="outside the vocabulary"):
         encoder(["a crimson circle"])
     assert encoder.null_condition(2) == ["", ""]
+
+
+def test_positions_weigh_as_much_as_words_at_initialisation():
+    # a bag of words cannot tell "a red circle above a blue square" from "a blue circle above a
+    # red square": position and token embeddings start at the same scale (std 0.02 both)
+    tokenizer = WordTokenizer.from_captions(["a red circle above a blue square"])
+    torch.manual_seed(0)
+    encoder = TextEncoder(tokenizer, dim=128, depth=2, heads=4).eval()
+    token_norm = encoder.token_embedding.weight.norm(dim=1).mean()
+    position_norm = encoder.position_embedding.norm(dim=1).mean()
+    assert 0.5 < float(position_norm / token_norm) < 2.0
+    with torch.no_grad():
+        tokens, _ = encoder(["a red circle above a blue square"])
+    same_word = torch.nn.functional.cosine_similarity(tokens[0, 1], tokens[0, 5], dim=0)
+    assert same_word < 0.995, "the two 'a's must differ by their positions"
