@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,11 +168,12 @@ def load_ldm_preset(name: str) -> dict[str, Any]:
     return config
 
 
-def parse_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Validate a full LDM config dict into its dataclasses (unknown keys are errors)."""
-    unknown = sorted(set(config) - set(SECTIONS))
+def parse_shared_sections(config: dict[str, Any], sections: Sequence[str]) -> dict[str, Any]:
+    """The sections every diffusion stage shares (LDM, super-resolution): unknown sections are
+    errors; ``first_stage``, ``model`` (U-Net keys checked), ``diffusion``, ``optim``, ``train``."""
+    unknown = sorted(set(config) - set(sections))
     if unknown:
-        raise ValueError(f"unknown config section(s) {unknown}; sections: {list(SECTIONS)}")
+        raise ValueError(f"unknown config section(s) {unknown}; sections: {list(sections)}")
     optim_values = dict(config.get("optim", {}))
     if "betas" in optim_values:
         optim_values["betas"] = tuple(optim_values["betas"])
@@ -181,18 +183,59 @@ def parse_config(config: dict[str, Any]) -> dict[str, Any]:
     if bad:
         raise ValueError(f"unknown model (U-Net) key(s) {bad}; valid: {sorted(valid)}")
     return {
-        "data": config_from_dict(DataConfig, config.get("data", {}), "data"),
         "first_stage": config_from_dict(
             FirstStageConfig, config.get("first_stage", {}), "first_stage"
         ),
         "model": model,
         "diffusion": config_from_dict(DiffusionConfig, config.get("diffusion", {}), "diffusion"),
-        "condition": config_from_dict(ConditionConfig, config.get("condition", {}), "condition"),
-        "latents": config_from_dict(LatentsConfig, config.get("latents", {}), "latents"),
-        "init": config_from_dict(InitConfig, config.get("init", {}), "init"),
         "optim": config_from_dict(LDMOptimConfig, optim_values, "optim"),
         "train": TrainConfig.from_dict(config.get("train", {})),
     }
+
+
+def parse_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate a full LDM config dict into its dataclasses (unknown keys are errors)."""
+    return {
+        **parse_shared_sections(config, SECTIONS),
+        "data": config_from_dict(DataConfig, config.get("data", {}), "data"),
+        "condition": config_from_dict(ConditionConfig, config.get("condition", {}), "condition"),
+        "latents": config_from_dict(LatentsConfig, config.get("latents", {}), "latents"),
+        "init": config_from_dict(InitConfig, config.get("init", {}), "init"),
+    }
+
+
+def first_stage_record(
+    first_stage: FirstStageConfig, autoencoder_config: dict[str, Any] | None, ldm: LatentDiffusion
+) -> dict[str, Any]:
+    """The ``first_stage`` entry of a checkpoint's config: the source, the autoencoder's own
+    config and the sha256 of its weights (a shipped model may omit them and load them from the
+    autoencoder folder, which must then hold exactly these), f and the latent channels."""
+    return {
+        **first_stage.to_dict(),
+        "autoencoder": autoencoder_config,
+        "model_sha256": None
+        if autoencoder_config is None
+        else autoencoder_config["files"]["model.safetensors"],
+        "downsampling_factor": ldm.downsampling_factor,
+        "latent_channels": ldm.latent_channels,
+    }
+
+
+def load_first_stage_of(config: dict[str, Any], state: dict[str, Tensor], path) -> nn.Module:
+    """The first stage of a diffusion checkpoint: the identity, or its autoencoder with the
+    weights stored in ``state`` ("first_stage." keys) or in the referenced shipped folder."""
+    from ldm_mini.autoencoder import AutoencoderConfig, build_autoencoder
+
+    first = config["first_stage"]
+    if first["checkpoint"] == "identity":
+        return IdentityFirstStage(int(first["latent_channels"]))
+    first_stage = build_autoencoder(AutoencoderConfig.from_dict(first["autoencoder"]["model"]))
+    prefix = "first_stage."
+    first_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not first_state:
+        first_state = _referenced_first_stage_state(first, path)
+    first_stage.load_state_dict(first_state)
+    return first_stage
 
 
 def resolve_first_stage_path(source: str) -> Path:
@@ -366,17 +409,9 @@ class LDMStage(TrainingStage):
         return {
             "model": self.ldm.unet.config.to_dict(),
             "data": parsed["data"].to_dict(),
-            "first_stage": {
-                **parsed["first_stage"].to_dict(),
-                "autoencoder": self.first_stage_config,
-                # the sha256 of the autoencoder's weights: a shipped LDM may omit them and
-                # load them from the autoencoder folder, which must then hold exactly these
-                "model_sha256": None
-                if self.first_stage_config is None
-                else self.first_stage_config["files"]["model.safetensors"],
-                "downsampling_factor": self.ldm.downsampling_factor,
-                "latent_channels": self.ldm.latent_channels,
-            },
+            "first_stage": first_stage_record(
+                parsed["first_stage"], self.first_stage_config, self.ldm
+            ),
             "diffusion": parsed["diffusion"].to_dict(),
             "condition": parsed["condition"].to_dict(),
             "latents": parsed["latents"].to_dict(),
@@ -624,22 +659,10 @@ def export_ldm(source: str | Path, destination: str | Path, extra: dict[str, Any
 
 def load_ldm(path: str | Path, device: str = "cpu", use_ema: bool = True):
     """Load an LDM checkpoint (EMA weights of the U-Net by default); returns (ldm, config)."""
-    from ldm_mini.autoencoder import AutoencoderConfig, build_autoencoder
-
     checkpoint = load_checkpoint(path, expected_stage=STAGE)
     config = checkpoint.config
-    first = config["first_stage"]
-    if first["checkpoint"] == "identity":
-        first_stage: nn.Module = IdentityFirstStage(int(first["latent_channels"]))
-    else:
-        first_stage = build_autoencoder(AutoencoderConfig.from_dict(first["autoencoder"]["model"]))
     state = checkpoint.model_state
-    first_state = {
-        k[len("first_stage.") :]: v for k, v in state.items() if k.startswith("first_stage.")
-    }
-    if not first_state and first["checkpoint"] != "identity":
-        first_state = _referenced_first_stage_state(first, path)
-    first_stage.load_state_dict(first_state)
+    first_stage = load_first_stage_of(config, state, path)
     unet = UNet(UNetConfig.from_dict(config["model"]))
     condition = config_from_dict(ConditionConfig, config.get("condition", {}), "condition")
     encoder = None

@@ -12,7 +12,6 @@ config, the U-Net and the checkpoint format:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,12 @@ from ldm_mini.checkpoints import CheckpointError, load_checkpoint
 from ldm_mini.ldm import LatentDiffusion, estimate_scale_factor
 from ldm_mini.ldm_training import (
     DiffusionConfig,
-    FirstStageConfig,
     LDMOptimConfig,
-    _referenced_first_stage_state,
     _Section,
     build_first_stage,
+    first_stage_record,
+    load_first_stage_of,
+    parse_shared_sections,
 )
 from ldm_mini.superres.concat import concat_condition
 from ldm_mini.superres.data import SRCrops
@@ -94,28 +94,11 @@ def load_sr_preset(name: str) -> dict[str, Any]:
 
 def parse_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate a full SR config dict into its dataclasses (unknown keys are errors)."""
-    unknown = sorted(set(config) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"unknown config section(s) {unknown}; sections: {list(SECTIONS)}")
-    optim_values = dict(config.get("optim", {}))
-    if "betas" in optim_values:
-        optim_values["betas"] = tuple(optim_values["betas"])
-    model = dict(config.get("model", {}))
-    valid = {f.name for f in dataclasses.fields(UNetConfig)}
-    bad = sorted(set(model) - valid)
-    if bad:
-        raise ValueError(f"unknown model (U-Net) key(s) {bad}; valid: {sorted(valid)}")
     return {
+        **parse_shared_sections(config, SECTIONS),
         "data": config_from_dict(SRDataConfig, config.get("data", {}), "data"),
-        "first_stage": config_from_dict(
-            FirstStageConfig, config.get("first_stage", {}), "first_stage"
-        ),
-        "model": model,
         "objective": config_from_dict(ObjectiveConfig, config.get("objective", {}), "objective"),
-        "diffusion": config_from_dict(DiffusionConfig, config.get("diffusion", {}), "diffusion"),
         "latents": config_from_dict(SRLatentsConfig, config.get("latents", {}), "latents"),
-        "optim": config_from_dict(LDMOptimConfig, optim_values, "optim"),
-        "train": TrainConfig.from_dict(config.get("train", {})),
     }
 
 
@@ -198,15 +181,9 @@ class SRStage(TrainingStage):
         return {
             "model": self.ldm.unet.config.to_dict(),
             "data": parsed["data"].to_dict(),
-            "first_stage": {
-                **parsed["first_stage"].to_dict(),
-                "autoencoder": self.first_stage_config,
-                "model_sha256": None
-                if self.first_stage_config is None
-                else self.first_stage_config["files"]["model.safetensors"],
-                "downsampling_factor": self.ldm.downsampling_factor,
-                "latent_channels": self.ldm.latent_channels,
-            },
+            "first_stage": first_stage_record(
+                parsed["first_stage"], self.first_stage_config, self.ldm
+            ),
             "objective": parsed["objective"].to_dict(),
             "diffusion": parsed["diffusion"].to_dict(),
             "latents": parsed["latents"].to_dict(),
@@ -274,21 +251,10 @@ def train_sr(
 
 def load_sr(path: str | Path, device: str = "cpu", use_ema: bool = True):
     """Load a super-resolution checkpoint; returns ``(ldm, config)`` (EMA U-Net by default)."""
-    from ldm_mini.autoencoder import AutoencoderConfig, build_autoencoder
-    from ldm_mini.ldm import IdentityFirstStage
-
     checkpoint = load_checkpoint(path, expected_stage=STAGE)
     config = checkpoint.config
-    first = config["first_stage"]
-    if first["checkpoint"] == "identity":
-        first_stage: nn.Module = IdentityFirstStage(int(first["latent_channels"]))
-    else:
-        first_stage = build_autoencoder(AutoencoderConfig.from_dict(first["autoencoder"]["model"]))
     state = checkpoint.model_state
-    first_state = {k[12:]: v for k, v in state.items() if k.startswith("first_stage.")}
-    if not first_state and first["checkpoint"] != "identity":
-        first_state = _referenced_first_stage_state(first, path)
-    first_stage.load_state_dict(first_state)
+    first_stage = load_first_stage_of(config, state, path)
     unet = UNet(UNetConfig.from_dict(config["model"]))
     if use_ema and checkpoint.ema_state is not None:
         weights = {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
