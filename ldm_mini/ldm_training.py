@@ -299,6 +299,31 @@ def encode_dataset(
     return torch.cat(latents), (torch.cat(labels).long() if labels else None)
 
 
+@dataclass
+class GlobalDraws:
+    """The random draws of one training step for the whole global batch, and this process's
+    slice ``part`` of it; ``generator`` continues the same stream (e.g. condition dropout)."""
+
+    t: Tensor
+    noise: Tensor
+    part: slice
+    generator: torch.Generator
+
+
+def global_draws(
+    seed: int, step: int, z0: Tensor, scratch: dict[str, Any], num_timesteps: int
+) -> GlobalDraws:
+    """t and eps for the global batch from a generator fixed by (seed, step): each of N
+    processes takes its slice, so N processes train exactly like one (and a resumed run like
+    an uninterrupted one)."""
+    rank, world = scratch.get("rank", 0), scratch.get("world_size", 1)
+    local = z0.shape[0]
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    t = torch.randint(0, num_timesteps, (local * world,), generator=generator)
+    noise = torch.randn((local * world, *z0.shape[1:]), generator=generator)
+    return GlobalDraws(t, noise, slice(rank * local, (rank + 1) * local), generator)
+
+
 class LDMStage(TrainingStage):
     """The LDM as a stage of the engine: one optimizer (AdamW on the U-Net), EMA of the U-Net."""
 
@@ -359,26 +384,24 @@ class LDMStage(TrainingStage):
         # t, eps and the condition dropout are drawn for the whole global batch from a
         # generator fixed by (seed, step), and each process takes its slice: so N processes
         # train exactly like one (and a resumed run like an uninterrupted one)
-        rank, world = scratch.get("rank", 0), scratch.get("world_size", 1)
-        local = z0.shape[0]
-        part = slice(rank * local, (rank + 1) * local)
-        generator = torch.Generator().manual_seed(self.parsed["train"].seed * 1_000_003 + step)
-        t = torch.randint(0, ldm.schedule.num_timesteps, (local * world,), generator=generator)
-        noise = torch.randn((local * world, *z0.shape[1:]), generator=generator)
+        draws = global_draws(
+            self.parsed["train"].seed, step, z0, scratch, ldm.schedule.num_timesteps
+        )
+        part, generator, total = draws.part, draws.generator, draws.t.shape[0]
         if labels is not None:
             p = self.parsed["condition"].drop_probability
-            drop = (torch.rand(local * world, generator=generator) < p)[part].to(labels.device)
+            drop = (torch.rand(total, generator=generator) < p)[part].to(labels.device)
             labels = torch.where(drop, torch.full_like(labels, ldm.num_classes), labels)
         if captions is not None:
             p = self.parsed["condition"].drop_probability
-            drop = (torch.rand(local * world, generator=generator) < p)[part].tolist()
+            drop = (torch.rand(total, generator=generator) < p)[part].tolist()
             captions = ["" if d else c for c, d in zip(captions, drop, strict=True)]
         loss = ldm.training_loss(
             z0,
             labels,
             0.0,
-            t=t[part].to(z0.device),
-            noise=noise[part].to(z0.device),
+            t=draws.t[part].to(z0.device),
+            noise=draws.noise[part].to(z0.device),
             captions=captions,
         )
         return loss, {"loss": float(loss.detach())}

@@ -28,6 +28,7 @@ from ldm_mini.ldm_training import (
     _Section,
     build_first_stage,
     first_stage_record,
+    global_draws,
     load_first_stage_of,
     parse_shared_sections,
 )
@@ -156,16 +157,14 @@ class SRStage(TrainingStage):
             # L = || z_0 - f_theta([0 ; y], 0) ||^2
             loss = F.mse_loss(regression_predict(ldm, batch["low"], tuple(z0.shape[-2:])), z0)
             return loss, {"loss": float(loss.detach())}
-        # t and eps for the whole global batch from a generator fixed by (seed, step); each
-        # process takes its slice (as the LDM stage does)
-        rank, world = scratch.get("rank", 0), scratch.get("world_size", 1)
-        local = z0.shape[0]
-        part = slice(rank * local, (rank + 1) * local)
-        generator = torch.Generator().manual_seed(self.parsed["train"].seed * 1_000_003 + step)
-        t = torch.randint(0, ldm.schedule.num_timesteps, (local * world,), generator=generator)
-        noise = torch.randn((local * world, *z0.shape[1:]), generator=generator)
+        draws = global_draws(
+            self.parsed["train"].seed, step, z0, scratch, ldm.schedule.num_timesteps
+        )
         loss = ldm.training_loss(
-            z0, t=t[part].to(z0.device), noise=noise[part].to(z0.device), concat=condition
+            z0,
+            t=draws.t[draws.part].to(z0.device),
+            noise=draws.noise[draws.part].to(z0.device),
+            concat=condition,
         )
         return loss, {"loss": float(loss.detach())}
 
