@@ -274,6 +274,26 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_classroom_make_student(args: argparse.Namespace) -> int:
+    from ldm_mini.classroom import exercise_names, make_student, read_notebook
+
+    for path in make_student(args.source, args.out):
+        names = exercise_names(read_notebook(path))
+        listed = f" ({', '.join(names)})" if names else ""
+        print(f"{path}: {len(names)} exercise(s) stubbed{listed}")
+    return 0
+
+
+def _cmd_classroom_grade(args: argparse.Namespace) -> int:
+    from ldm_mini.classroom import format_grade, grade
+
+    result = grade(
+        args.path, timeout=args.timeout, quick=not args.full, only_exercises=args.exercises_only
+    )
+    print(json.dumps(result) if args.json else format_grade(result))
+    return 0
+
+
 def _print_result(result: dict, as_json: bool) -> None:
     """One JSON object, or one aligned line per key."""
     if as_json:
@@ -527,6 +547,34 @@ def build_parser() -> argparse.ArgumentParser:
     ev_sr.add_argument("--device", default="cpu")
     ev_sr.add_argument("--json", action="store_true", help="print one JSON object")
     ev_sr.set_defaults(func=_cmd_evaluate_sr)
+
+    classroom = sub.add_parser(
+        "classroom", help="student notebooks (solutions stubbed) and automatic grading"
+    )
+    classroom_sub = classroom.add_subparsers(dest="what", metavar="WHAT", required=True)
+    make = classroom_sub.add_parser(
+        "make-student", help="write student notebooks: solutions stubbed, outputs cleared"
+    )
+    make.add_argument("source", help="a solution notebook or a folder of them (e.g. notebooks)")
+    make.add_argument("--out", required=True, help="folder for the student notebooks")
+    make.set_defaults(func=_cmd_classroom_make_student)
+    grade = classroom_sub.add_parser(
+        "grade", help="run notebooks (errors do not stop them) and score every exercise check"
+    )
+    grade.add_argument("path", help="a notebook or a folder of notebooks to grade")
+    grade.add_argument("--json", action="store_true", help="print one JSON object")
+    grade.add_argument(
+        "--full", action="store_true", help="run in full mode (default: quick mode, fast)"
+    )
+    grade.add_argument(
+        "--exercises-only",
+        action="store_true",
+        help="run only the setup, exercise and check cells (seconds per notebook)",
+    )
+    grade.add_argument(
+        "--timeout", type=int, default=900, help="seconds per cell (default: 900)"
+    )
+    grade.set_defaults(func=_cmd_classroom_grade)
     return parser
 
 

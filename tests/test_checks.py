@@ -111,7 +111,9 @@ def my_slerp(a, b, alphas):
     fa, fb = a.flatten().double(), b.flatten().double()
     theta = torch.arccos((fa @ fb / (fa.norm() * fb.norm())).clamp(-1, 1))
     alphas = alphas.double()[:, None]
-    mixed = (torch.sin((1 - alphas) * theta) * fa + torch.sin(alphas * theta) * fb) / torch.sin(theta)
+    mixed = (torch.sin((1 - alphas) * theta) * fa + torch.sin(alphas * theta) * fb) / torch.sin(
+        theta
+    )
     return mixed.reshape(-1, *a.shape).to(a.dtype)
 
 
@@ -152,100 +154,216 @@ def kernel(sigma_x, sigma_y, angle, size):
 # --- (checker, correct version, [(wrong version, words the message must contain), ...]) ---
 
 CASES = {
-    "kl": (kl, [
-        (lambda m, lv: 0.5 * (m**2 + lv.exp() - 1 - lv).mean(dim=(1, 2, 3)), "sum"),
-        (lambda m, lv: (m**2 + lv.exp() - 1 - lv).sum(dim=(1, 2, 3)), "1/2 is missing"),
-        (lambda m, lv: 0.5 * (m**2 + lv - 1 - lv.exp()).sum(dim=(1, 2, 3)), "swapped"),
-    ]),
-    "reparameterize": (reparameterize, [
-        (lambda m, lv, e: m + lv.exp() * e, "variance"),
-        (lambda m, lv, e: (m + torch.exp(0.5 * lv) * e).detach(), "no gradient"),
-    ]),
-    "hinge_d_loss": (hinge, [
-        (lambda r, f: hinge(f, r), "swapped"),
-        (lambda r, f: 0.5 * ((1 - r).mean() + (1 + f).mean()), "relu is missing"),
-        (lambda r, f: torch.relu(1 - r).mean() + torch.relu(1 + f).mean(), "1/2"),
-    ]),
-    "nearest_codes": (nearest_codes, [
-        (lambda z, cb: rearrange(torch.cdist(rearrange(z, "b c h w -> (b h w) c"), cb).argmax(1),
-                                 "(b h w) -> b h w", b=z.shape[0], h=z.shape[2]), "farthest"),
-        (lambda z, cb: torch.cdist(rearrange(z, "b c h w -> (b h w) c"), cb).argmin(1), "flat"),
-        (lambda z, cb: rearrange(nearest_codes(z, cb), "b h w -> b w h"), "swapped"),
-    ]),
-    "quantize": (quantize, [
-        (lambda z, cb, beta: (lambda zq, loss: (zq.detach(), loss))(*quantize(z, cb, beta)), "straight-through"),
-        (lambda z, cb, beta: quantize(z, cb, 1.0), "beta"),
-        (lambda z, cb, beta: (quantize(z, cb, beta)[0], F.mse_loss(
-            rearrange(cb[nearest_codes(z.detach(), cb)], "b h w c -> b c h w"), z) * (1 + beta)),
-         "commitment"),
-    ]),
-    "q_sample": (q_sample, [
-        (lambda x0, t, n, ac: _per_example(ac[t], x0.ndim).to(x0.dtype) * x0
-         + (1 - _per_example(ac[t], x0.ndim).to(x0.dtype)) * n, "square roots"),
-        (lambda x0, t, n, ac: q_sample(x0, (t - 1).clamp(min=0), n, ac), "off by one"),
-        (lambda x0, t, n, ac: q_sample(n, t, x0, ac), "swapped"),
-    ]),
-    "x0_from_eps": (x0_from_eps, [
-        (lambda x, t, e, ac: x0_from_eps(x, t, -e, ac), "sign"),
-        (lambda x, t, e, ac: (x - (1 - _per_example(ac[t], x.ndim).to(x.dtype)) * e)
-         / _per_example(ac[t], x.ndim).to(x.dtype), "square roots"),
-    ]),
-    "ddpm_step": (ddpm_step, [
-        (lambda s, x, t, e, n: ddpm_step(s, x, t, e, n, variance="beta"), "beta~"),
-        (lambda s, x, t, e, n: ddpm_step(s, x, t, e, 0 * n), "noise term"),
-    ]),
-    "ddim_step": (ddim_step, [
-        (lambda s, x, t, tp, e: ddim_step(s, x, t, t, e), "level t"),
-        (lambda s, x, t, tp, e: ddim_step(s, x, t, max(tp, 0), e), "t_prev = -1"),
-    ]),
-    "timestep_embedding": (embedding, [
-        (lambda t, d: embedding(t, d).roll(d // 2, dims=1), "cosines first"),
-        (lambda t, d: embedding(t, d, max_period=1000.0), "wrong"),
-    ]),
-    "film": (film, [
-        (lambda h, p: (lambda s, b: h * s + b)(*rearrange(p, "b c -> b c 1 1").chunk(2, 1)), "(1 + scale)"),
-        (lambda h, p: film(h, torch.cat(p.chunk(2, 1)[::-1], 1)), "first half"),
-    ]),
-    "attention": (attention, [
-        (lambda q, k, v, m=None: (q @ k.transpose(-2, -1)).softmax(-1) @ v, "1 / sqrt(d)"),
-        (lambda q, k, v, m=None: attention(q, k, v, None), "mask is ignored"),
-    ]),
-    "scale_factor": (scale_factor, [
-        (lambda z: float(z.double().std(unbiased=False)), "std itself"),
-        (lambda z: float(1 / z.double().std()), "N - 1"),
-        (lambda z: 1 / z.double().flatten(2).std(dim=(0, 2), unbiased=False), "per channel"),
-    ]),
-    "ldm_loss": (ldm_loss, [
-        (lambda ae, u, ac, s, x, y, t, n: ldm_loss(ae, u, ac, 1.0, x, y, t, n), "scale factor"),
-        (lambda ae, u, ac, s, x, y, t, n: ldm_loss(ae, u, ac, s, x, y, t, n) * 2, "expected"),
-    ]),
-    "slerp": (my_slerp, [
-        (lambda a, b, al: (1 - al.view(-1, *[1] * a.ndim)) * a + al.view(-1, *[1] * a.ndim) * b, "straight line"),
-        (lambda a, b, al: my_slerp(b, a, al), "swapped"),
-    ]),
-    "cross_attention": (cross_attention, [
-        (lambda x, c, m, layer: cross_attention(x, c, torch.ones_like(m), layer), "mask is ignored"),
-        (lambda x, c, m, layer: cross_attention(x, c, m, layer) * 1.01, "1/sqrt(head_dim)"),
-    ]),
-    "guided_eps": (guided, [
-        (lambda u, z, t, c, n, w: guided(u, z, t, c, n, w) + u(z, t, **c) - u(z, t, **n),
-         "start from eps(z_t, y)"),
-        (lambda u, z, t, c, n, w: guided(u, z, t, n, c, w), "plain conditional prediction"),
-    ]),
-    "drop_captions": (drop, [
-        (lambda cs, p, g: ["" if d >= p else c for c, d in zip(cs, torch.rand(len(cs), generator=g).tolist())], "1 - p"),
-        (lambda cs, p, g: drop(cs, p, torch.Generator().manual_seed(0)), "generator you are given"),
-        (lambda cs, p, g: ["" if hash(c) % 1000 < p * 1000 else c for c in cs], "generator"),
-    ]),
-    "unet_input": (concat, [
-        (lambda z, y: concat(z, y).roll(y.shape[1], dims=1), "order"),
-        (lambda z, y: torch.cat([z, F.interpolate(y, size=z.shape[-2:], mode="nearest")], 1), "nearest"),
-    ]),
-    "gaussian_kernel": (kernel, [
-        (lambda sx, sy, a, n: kernel(sx, sy, a, n).T.contiguous(), "swapped"),
-        (lambda sx, sy, a, n: kernel(sx, sy, 0.0, n), "not rotated"),
-        (lambda sx, sy, a, n: kernel(sx, sy, a, n) * 2, "sums to 1"),
-    ]),
+    "kl": (
+        kl,
+        [
+            (lambda m, lv: 0.5 * (m**2 + lv.exp() - 1 - lv).mean(dim=(1, 2, 3)), "sum"),
+            (lambda m, lv: (m**2 + lv.exp() - 1 - lv).sum(dim=(1, 2, 3)), "1/2 is missing"),
+            (lambda m, lv: 0.5 * (m**2 + lv - 1 - lv.exp()).sum(dim=(1, 2, 3)), "swapped"),
+        ],
+    ),
+    "reparameterize": (
+        reparameterize,
+        [
+            (lambda m, lv, e: m + lv.exp() * e, "variance"),
+            (lambda m, lv, e: (m + torch.exp(0.5 * lv) * e).detach(), "no gradient"),
+        ],
+    ),
+    "hinge_d_loss": (
+        hinge,
+        [
+            (lambda r, f: hinge(f, r), "swapped"),
+            (lambda r, f: 0.5 * ((1 - r).mean() + (1 + f).mean()), "relu is missing"),
+            (lambda r, f: torch.relu(1 - r).mean() + torch.relu(1 + f).mean(), "1/2"),
+        ],
+    ),
+    "nearest_codes": (
+        nearest_codes,
+        [
+            (
+                lambda z, cb: rearrange(
+                    torch.cdist(rearrange(z, "b c h w -> (b h w) c"), cb).argmax(1),
+                    "(b h w) -> b h w",
+                    b=z.shape[0],
+                    h=z.shape[2],
+                ),
+                "farthest",
+            ),
+            (lambda z, cb: torch.cdist(rearrange(z, "b c h w -> (b h w) c"), cb).argmin(1), "flat"),
+            (lambda z, cb: rearrange(nearest_codes(z, cb), "b h w -> b w h"), "swapped"),
+        ],
+    ),
+    "quantize": (
+        quantize,
+        [
+            (
+                lambda z, cb, beta: (lambda zq, loss: (zq.detach(), loss))(*quantize(z, cb, beta)),
+                "straight-through",
+            ),
+            (lambda z, cb, beta: quantize(z, cb, 1.0), "beta"),
+            (
+                lambda z, cb, beta: (
+                    quantize(z, cb, beta)[0],
+                    F.mse_loss(
+                        rearrange(cb[nearest_codes(z.detach(), cb)], "b h w c -> b c h w"), z
+                    )
+                    * (1 + beta),
+                ),
+                "commitment",
+            ),
+        ],
+    ),
+    "q_sample": (
+        q_sample,
+        [
+            (
+                lambda x0, t, n, ac: (
+                    _per_example(ac[t], x0.ndim).to(x0.dtype) * x0
+                    + (1 - _per_example(ac[t], x0.ndim).to(x0.dtype)) * n
+                ),
+                "square roots",
+            ),
+            (lambda x0, t, n, ac: q_sample(x0, (t - 1).clamp(min=0), n, ac), "off by one"),
+            (lambda x0, t, n, ac: q_sample(n, t, x0, ac), "swapped"),
+        ],
+    ),
+    "x0_from_eps": (
+        x0_from_eps,
+        [
+            (lambda x, t, e, ac: x0_from_eps(x, t, -e, ac), "sign"),
+            (
+                lambda x, t, e, ac: (
+                    (x - (1 - _per_example(ac[t], x.ndim).to(x.dtype)) * e)
+                    / _per_example(ac[t], x.ndim).to(x.dtype)
+                ),
+                "square roots",
+            ),
+        ],
+    ),
+    "ddpm_step": (
+        ddpm_step,
+        [
+            (lambda s, x, t, e, n: ddpm_step(s, x, t, e, n, variance="beta"), "beta~"),
+            (lambda s, x, t, e, n: ddpm_step(s, x, t, e, 0 * n), "noise term"),
+        ],
+    ),
+    "ddim_step": (
+        ddim_step,
+        [
+            (lambda s, x, t, tp, e: ddim_step(s, x, t, t, e), "level t"),
+            (lambda s, x, t, tp, e: ddim_step(s, x, t, max(tp, 0), e), "t_prev = -1"),
+        ],
+    ),
+    "timestep_embedding": (
+        embedding,
+        [
+            (lambda t, d: embedding(t, d).roll(d // 2, dims=1), "cosines first"),
+            (lambda t, d: embedding(t, d, max_period=1000.0), "wrong"),
+        ],
+    ),
+    "film": (
+        film,
+        [
+            (
+                lambda h, p: (lambda s, b: h * s + b)(*rearrange(p, "b c -> b c 1 1").chunk(2, 1)),
+                "(1 + scale)",
+            ),
+            (lambda h, p: film(h, torch.cat(p.chunk(2, 1)[::-1], 1)), "first half"),
+        ],
+    ),
+    "attention": (
+        attention,
+        [
+            (lambda q, k, v, m=None: (q @ k.transpose(-2, -1)).softmax(-1) @ v, "1 / sqrt(d)"),
+            (lambda q, k, v, m=None: attention(q, k, v, None), "mask is ignored"),
+        ],
+    ),
+    "scale_factor": (
+        scale_factor,
+        [
+            (lambda z: float(z.double().std(unbiased=False)), "std itself"),
+            (lambda z: float(1 / z.double().std()), "N - 1"),
+            (lambda z: 1 / z.double().flatten(2).std(dim=(0, 2), unbiased=False), "per channel"),
+        ],
+    ),
+    "ldm_loss": (
+        ldm_loss,
+        [
+            (lambda ae, u, ac, s, x, y, t, n: ldm_loss(ae, u, ac, 1.0, x, y, t, n), "scale factor"),
+            (lambda ae, u, ac, s, x, y, t, n: ldm_loss(ae, u, ac, s, x, y, t, n) * 2, "expected"),
+        ],
+    ),
+    "slerp": (
+        my_slerp,
+        [
+            (
+                lambda a, b, al: (
+                    (1 - al.view(-1, *[1] * a.ndim)) * a + al.view(-1, *[1] * a.ndim) * b
+                ),
+                "straight line",
+            ),
+            (lambda a, b, al: my_slerp(b, a, al), "swapped"),
+        ],
+    ),
+    "cross_attention": (
+        cross_attention,
+        [
+            (
+                lambda x, c, m, layer: cross_attention(x, c, torch.ones_like(m), layer),
+                "mask is ignored",
+            ),
+            (lambda x, c, m, layer: cross_attention(x, c, m, layer) * 1.01, "1/sqrt(head_dim)"),
+        ],
+    ),
+    "guided_eps": (
+        guided,
+        [
+            (
+                lambda u, z, t, c, n, w: guided(u, z, t, c, n, w) + u(z, t, **c) - u(z, t, **n),
+                "start from eps(z_t, y)",
+            ),
+            (lambda u, z, t, c, n, w: guided(u, z, t, n, c, w), "plain conditional prediction"),
+        ],
+    ),
+    "drop_captions": (
+        drop,
+        [
+            (
+                lambda cs, p, g: [
+                    "" if d >= p else c
+                    for c, d in zip(cs, torch.rand(len(cs), generator=g).tolist(), strict=True)
+                ],
+                "1 - p",
+            ),
+            (
+                lambda cs, p, g: drop(cs, p, torch.Generator().manual_seed(0)),
+                "generator you are given",
+            ),
+            # not random at all: the first p of the captions
+            (
+                lambda cs, p, g: ["" if i < p * len(cs) else c for i, c in enumerate(cs)],
+                "generator",
+            ),
+        ],
+    ),
+    "unet_input": (
+        concat,
+        [
+            (lambda z, y: concat(z, y).roll(y.shape[1], dims=1), "order"),
+            (
+                lambda z, y: torch.cat([z, F.interpolate(y, size=z.shape[-2:], mode="nearest")], 1),
+                "nearest",
+            ),
+        ],
+    ),
+    "gaussian_kernel": (
+        kernel,
+        [
+            (lambda sx, sy, a, n: kernel(sx, sy, a, n).T.contiguous(), "swapped"),
+            (lambda sx, sy, a, n: kernel(sx, sy, 0.0, n), "not rotated"),
+            (lambda sx, sy, a, n: kernel(sx, sy, a, n) * 2, "sums to 1"),
+        ],
+    ),
 }
 
 
@@ -255,9 +373,14 @@ def test_every_exercise_has_cases_and_every_notebook_two_to_four():
     for notebook, _ in EXERCISES.values():
         per_notebook[notebook] = per_notebook.get(notebook, 0) + 1
     assert sorted(per_notebook) == [
-        "01_perceptual_autoencoder", "02_vector_quantization", "03_forward_diffusion",
-        "04_reverse_diffusion", "05_unet", "06_latent_diffusion",
-        "07_cross_attention_conditioning", "08_super_resolution",
+        "01_perceptual_autoencoder",
+        "02_vector_quantization",
+        "03_forward_diffusion",
+        "04_reverse_diffusion",
+        "05_unet",
+        "06_latent_diffusion",
+        "07_cross_attention_conditioning",
+        "08_super_resolution",
     ]
     assert all(2 <= count <= 4 for count in per_notebook.values()), per_notebook
 
@@ -293,8 +416,11 @@ def test_the_package_versions_pass_too():
     """The package's own functions, adapted to the exercises' signatures, pass the checkers."""
     checks.check_kl(lambda m, lv: DiagonalGaussianDistribution(torch.cat([m, lv], 1)).kl())
     checks.check_hinge_d_loss(hinge_d_loss)
-    checks.check_q_sample(lambda x0, t, n, ac: NoiseSchedule(1 - ac / torch.cat(
-        [ac.new_ones(1), ac[:-1]])).q_sample(x0, t, n))
+    checks.check_q_sample(
+        lambda x0, t, n, ac: NoiseSchedule(1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])).q_sample(
+            x0, t, n
+        )
+    )
     checks.check_timestep_embedding(timestep_embedding)
     checks.check_slerp(slerp)
     checks.check_unet_input(unet_input)

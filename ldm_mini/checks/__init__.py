@@ -25,8 +25,17 @@ from ldm_mini.checks.autoencoder import (
     check_quantize,
     check_reparameterize,
 )
-from ldm_mini.checks.conditioning import check_cross_attention, check_drop_captions, check_guided_eps
-from ldm_mini.checks.diffusion import check_ddim_step, check_ddpm_step, check_q_sample, check_x0_from_eps
+from ldm_mini.checks.conditioning import (
+    check_cross_attention,
+    check_drop_captions,
+    check_guided_eps,
+)
+from ldm_mini.checks.diffusion import (
+    check_ddim_step,
+    check_ddpm_step,
+    check_q_sample,
+    check_x0_from_eps,
+)
 from ldm_mini.checks.ldm import check_ldm_loss, check_scale_factor, check_slerp
 from ldm_mini.checks.superres import check_gaussian_kernel, check_unet_input
 from ldm_mini.checks.unet import check_attention, check_film, check_timestep_embedding

@@ -23,7 +23,10 @@ def check_cross_attention(fn: Callable) -> None:
     output (B, N, d_x), computed from the layer's to_q / to_k / to_v / to_out weights."""
     name = "cross_attention"
     generator = torch.Generator().manual_seed(701)
-    for batch, n, m, dim_x, dim_tau, heads, head_dim in [(2, 16, 5, 32, 24, 4, 8), (3, 4, 11, 8, 8, 1, 16)]:
+    for batch, n, m, dim_x, dim_tau, heads, head_dim in [
+        (2, 16, 5, 32, 24, 4, 8),
+        (3, 4, 11, 8, 8, 1, 16),
+    ]:
         torch.manual_seed(batch)
         layer = Attention(dim_x, dim_tau, heads, head_dim).eval()
         x = torch.randn(batch, n, dim_x, generator=generator)
@@ -35,17 +38,36 @@ def check_cross_attention(fn: Callable) -> None:
         with torch.no_grad():
             got_full = call(name, fn, x.clone(), context.clone(), full.clone(), layer)
             want_full = layer(x, context, key_padding_mask=full)
-            compare(name, got_full, want_full, where + ", no padding", atol=1e-5, rtol=1e-4,
-                    hint="scale by 1/sqrt(head_dim) (not 1/sqrt(heads * head_dim)), softmax over "
-                    "the keys (the last axis of Q K^T, size M), split heads as (h d) with h first, "
-                    "and finish with layer.to_out")
+            compare(
+                name,
+                got_full,
+                want_full,
+                where + ", no padding",
+                atol=1e-5,
+                rtol=1e-4,
+                hint="scale by 1/sqrt(head_dim) (not 1/sqrt(heads * head_dim)), softmax over "
+                "the keys (the last axis of Q K^T, size M), split heads as (h d) with h first, "
+                "and finish with layer.to_out",
+            )
             got_padded = call(name, fn, x.clone(), context.clone(), padded.clone(), layer)
             want_padded = layer(x, context, key_padding_mask=padded)
-            compare(name, got_padded, want_padded, where + ", sample 0 padded after 2 tokens",
-                    mistakes=[(want_full, "the mask is ignored: padded keys (mask False) must get "
-                               "zero weight; set their logits to -inf before the softmax")],
-                    atol=1e-5, rtol=1e-4,
-                    hint="padded keys (mask False) get logit -inf before the softmax (not 0, not after)")
+            compare(
+                name,
+                got_padded,
+                want_padded,
+                where + ", sample 0 padded after 2 tokens",
+                mistakes=[
+                    (
+                        want_full,
+                        "the mask is ignored: padded keys (mask False) must get "
+                        "zero weight; set their logits to -inf before the softmax",
+                    )
+                ],
+                atol=1e-5,
+                rtol=1e-4,
+                hint="padded keys (mask False) get logit -inf before the softmax "
+                "(not 0, not after)",
+            )
     passed(name, "2 layer sizes, with and without padding")
 
 
@@ -69,7 +91,9 @@ def check_guided_eps(fn: Callable) -> None:
     z_t = torch.randn(3, 4, 8, 8, generator=generator)
     t = torch.tensor([0, 500, 999])
     with torch.no_grad():
-        context, mask = encoder(["a red circle", "a blue square below a green circle", "a yellow triangle"])
+        context, mask = encoder(
+            ["a red circle", "a blue square below a green circle", "a yellow triangle"]
+        )
         null_context, null_mask = encoder([""] * 3)
         cond = {"context": context, "key_padding_mask": mask}
         null = {"context": null_context, "key_padding_mask": null_mask}
@@ -78,12 +102,21 @@ def check_guided_eps(fn: Callable) -> None:
             got = call(name, fn, unet, z_t.clone(), t.clone(), dict(cond), dict(null), w)
             want = ClassifierFreeGuidance(unet, w, null)(z_t, t, **cond)
             mistakes = [
-                (eps_cond + w * (eps_cond - eps_null), "you start from eps(z_t, y); start from the "
-                 "unconditional prediction: eps_null + w (eps_cond - eps_null)"),
-                (eps_null + w * (eps_null - eps_cond), "the difference is reversed: w (eps_cond - "
-                 "eps_null) pushes towards the caption"),
-                (w * eps_cond + (1 - w) * eps_cond, "both predictions are conditional: call the "
-                 "U-Net once with cond and once with null"),
+                (
+                    eps_cond + w * (eps_cond - eps_null),
+                    "you start from eps(z_t, y); start from the "
+                    "unconditional prediction: eps_null + w (eps_cond - eps_null)",
+                ),
+                (
+                    eps_null + w * (eps_null - eps_cond),
+                    "the difference is reversed: w (eps_cond - "
+                    "eps_null) pushes towards the caption",
+                ),
+                (
+                    w * eps_cond + (1 - w) * eps_cond,
+                    "both predictions are conditional: call the "
+                    "U-Net once with cond and once with null",
+                ),
             ]
             if w == 1.0:
                 hint = "with w = 1 guidance must give the plain conditional prediction eps(z_t, y)"
@@ -91,8 +124,9 @@ def check_guided_eps(fn: Callable) -> None:
                 hint = "with w = 0 guidance must give the unconditional prediction eps(z_t, null)"
             else:
                 hint = "eps_hat = eps_null + w (eps_cond - eps_null)"
-            compare(name, got, want, f"w = {w:g}", mistakes=mistakes,
-                    hint=hint, atol=1e-5, rtol=1e-4)
+            compare(
+                name, got, want, f"w = {w:g}", mistakes=mistakes, hint=hint, atol=1e-5, rtol=1e-4
+            )
     passed(name, "w = 1 (conditional), 0 (unconditional), 3 and 7.5")
 
 
@@ -119,11 +153,15 @@ def check_drop_captions(fn: Callable) -> None:
         rate = sum(o != c for o, c in zip(out, captions, strict=True)) / len(captions)
         tolerance = 4.5 * math.sqrt(p * (1 - p) / len(captions)) + 1e-12
         if abs(rate - p) > tolerance:
-            detail = " (you drop with probability 1 - p: keep when the draw is >= p)" if abs(
-                rate - (1 - p)) <= tolerance else ""
+            detail = (
+                " (you drop with probability 1 - p: keep when the draw is >= p)"
+                if abs(rate - (1 - p)) <= tolerance
+                else ""
+            )
             raise ExerciseCheckFailed(
                 f"{name}: with p = {p} you dropped {rate:.4f} of the captions; expected {p} +- "
-                f"{tolerance:.4f}{detail}: draw one uniform number per caption and drop if it is < p"
+                f"{tolerance:.4f}{detail}: draw one uniform number per caption and drop "
+                "if it is < p"
             )
     first = call(name, fn, list(captions[:2000]), 0.5, torch.Generator().manual_seed(705))
     second = call(name, fn, list(captions[:2000]), 0.5, torch.Generator().manual_seed(706))

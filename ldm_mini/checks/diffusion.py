@@ -50,34 +50,59 @@ def check_q_sample(fn: Callable) -> None:
     count = 0
     for schedule_name, schedule in _schedules().items():
         last = schedule.num_timesteps - 1
-        for shape, dtype in (((6, 2), torch.float32), ((5, 1, 32, 32), torch.float32),
-                             ((4, 8, 8, 8), torch.float32), ((3, 2), torch.float64)):
+        for shape, dtype in (
+            ((6, 2), torch.float32),
+            ((5, 1, 32, 32), torch.float32),
+            ((4, 8, 8, 8), torch.float32),
+            ((3, 2), torch.float64),
+        ):
             for label, t in _timestep_sets(shape[0], last, generator).items():
                 x0 = torch.randn(shape, generator=generator, dtype=dtype)
                 noise = torch.randn(shape, generator=generator, dtype=dtype)
                 where = f"schedule {schedule_name!r}, x0 {tuple(shape)} {dtype}, {label}"
                 expected = schedule.q_sample(x0, t, noise)
-                got = call(name, fn, x0.clone(), t.clone(), noise.clone(),
-                           schedule.alphas_cumprod.clone())
+                got = call(
+                    name, fn, x0.clone(), t.clone(), noise.clone(), schedule.alphas_cumprod.clone()
+                )
                 abar = _per_example(schedule.alphas_cumprod[t].to(dtype), x0.ndim)
-                shifted = _per_example(schedule.alphas_cumprod[(t - 1).clamp(min=0)].to(dtype), x0.ndim)
+                shifted = _per_example(
+                    schedule.alphas_cumprod[(t - 1).clamp(min=0)].to(dtype), x0.ndim
+                )
                 mistakes = [
-                    (abar * x0 + (1 - abar) * noise, "you used abar_t and 1 - abar_t; the "
-                     "coefficients are their square roots"),
-                    (shifted.sqrt() * x0 + (1 - shifted).sqrt() * noise, "off by one: code index "
-                     "t uses alphas_cumprod[t], not alphas_cumprod[t - 1]"),
-                    ((1 - abar).sqrt() * x0 + abar.sqrt() * noise, "the coefficients are swapped: "
-                     "sqrt(abar_t) multiplies x0, sqrt(1 - abar_t) the noise"),
+                    (
+                        abar * x0 + (1 - abar) * noise,
+                        "you used abar_t and 1 - abar_t; the coefficients are their square roots",
+                    ),
+                    (
+                        shifted.sqrt() * x0 + (1 - shifted).sqrt() * noise,
+                        "off by one: code index "
+                        "t uses alphas_cumprod[t], not alphas_cumprod[t - 1]",
+                    ),
+                    (
+                        (1 - abar).sqrt() * x0 + abar.sqrt() * noise,
+                        "the coefficients are swapped: "
+                        "sqrt(abar_t) multiplies x0, sqrt(1 - abar_t) the noise",
+                    ),
                 ]
                 if label == "t = T-1 for all" and schedule_name.endswith("zero terminal SNR"):
                     hint = "at t = T-1 of a zero-terminal-SNR schedule abar = 0: x_t is the noise"
                 else:
-                    hint = ("each example b uses its own alphas_cumprod[t[b]], reshaped from (B,) "
-                            "to (B, 1, ..., 1) before multiplying")
+                    hint = (
+                        "each example b uses its own alphas_cumprod[t[b]], reshaped from (B,) "
+                        "to (B, 1, ..., 1) before multiplying"
+                    )
                 # float32 tolerance: sqrt(1 - abar_t) near t = 0 loses digits in float32
                 tolerance = 1e-5 if dtype == torch.float32 else 1e-9
-                compare(name, got, expected, where, hint=hint, mistakes=mistakes,
-                        rtol=tolerance, atol=tolerance)
+                compare(
+                    name,
+                    got,
+                    expected,
+                    where,
+                    hint=hint,
+                    mistakes=mistakes,
+                    rtol=tolerance,
+                    atol=tolerance,
+                )
                 count += 1
     passed(name, f"{count} cases: 4 schedules, 4 shapes/dtypes, t = 0, T-1 and mixed")
 
@@ -98,18 +123,32 @@ def check_x0_from_eps(fn: Callable) -> None:
                 x_t = schedule.q_sample(x0, t, eps)
                 where = f"schedule {schedule_name!r}, x_t {tuple(shape)} {dtype}, {label}"
                 expected = schedule.x0_from_eps(x_t, t, eps)
-                got = call(name, fn, x_t.clone(), t.clone(), eps.clone(),
-                           schedule.alphas_cumprod.clone())
+                got = call(
+                    name, fn, x_t.clone(), t.clone(), eps.clone(), schedule.alphas_cumprod.clone()
+                )
                 abar = _per_example(schedule.alphas_cumprod[t].to(dtype), x_t.ndim)
                 mistakes = [
-                    ((x_t - (1 - abar) * eps) / abar, "square roots missing: divide by "
-                     "sqrt(abar_t) and subtract sqrt(1 - abar_t) eps"),
+                    (
+                        (x_t - (1 - abar) * eps) / abar,
+                        "square roots missing: divide by "
+                        "sqrt(abar_t) and subtract sqrt(1 - abar_t) eps",
+                    ),
                     ((x_t + (1 - abar).sqrt() * eps) / abar.sqrt(), "sign: subtract the noise"),
-                    (x_t * abar.sqrt() - (1 - abar).sqrt() * eps, "divide by sqrt(abar_t), do "
-                     "not multiply"),
+                    (
+                        x_t * abar.sqrt() - (1 - abar).sqrt() * eps,
+                        "divide by sqrt(abar_t), do not multiply",
+                    ),
                 ]
-                compare(name, got, expected, where, mistakes=mistakes, rtol=1e-4, atol=1e-4,
-                        hint="x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), per example")
+                compare(
+                    name,
+                    got,
+                    expected,
+                    where,
+                    mistakes=mistakes,
+                    rtol=1e-4,
+                    atol=1e-4,
+                    hint="x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), per example",
+                )
                 count += 1
     passed(name, f"{count} cases: it inverts q_sample at t = 0, T-1 and mixed")
 
@@ -128,27 +167,51 @@ def check_ddpm_step(fn: Callable) -> None:
         mean, variance, _ = check.q_posterior(x0_hat, x_t, t)
         expected = mean + variance.sqrt() * noise
         beta = check.betas[t].item()
-        mistakes = [(mean + math.sqrt(beta) * noise, "sigma_t^2 must be beta~_t = beta_t (1 - "
-                     "abar_{t-1}) / (1 - abar_t), not beta_t")] if t > 0 else [
-            (mean + math.sqrt(beta) * noise, "at t = 0 no noise is added (beta~_0 = 0)")]
+        mistakes = (
+            [
+                (
+                    mean + math.sqrt(beta) * noise,
+                    "sigma_t^2 must be beta~_t = beta_t (1 - "
+                    "abar_{t-1}) / (1 - abar_t), not beta_t",
+                )
+            ]
+            if t > 0
+            else [(mean + math.sqrt(beta) * noise, "at t = 0 no noise is added (beta~_0 = 0)")]
+        )
         mistakes.append((mean, "the noise term sigma_t z is missing"))
-        compare(name, got, expected, f"t = {t}, x_t (16, 2)", mistakes=mistakes, rtol=1e-4,
-                atol=1e-4, hint="mu = (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t)")
+        compare(
+            name,
+            got,
+            expected,
+            f"t = {t}, x_t (16, 2)",
+            mistakes=mistakes,
+            rtol=1e-4,
+            atol=1e-4,
+            hint="mu = (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t)",
+        )
     short = NoiseSchedule(torch.linspace(0.05, 0.4, 6, dtype=torch.float64))
 
     def fake_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x) * rearrange(t + 1, "b -> b 1") / 6
 
     x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(7))
-    reference = samplers.ddpm_sample(fake_model, short, x_T, progress=False,
-                                     generator=torch.Generator().manual_seed(8)).sample
+    reference = samplers.ddpm_sample(
+        fake_model, short, x_T, progress=False, generator=torch.Generator().manual_seed(8)
+    ).sample
     generator, x = torch.Generator().manual_seed(8), x_T
     for t in reversed(range(short.num_timesteps)):
         eps_hat = fake_model(x, torch.full((len(x),), t))
         z = torch.randn(x.shape, generator=generator) if t > 0 else torch.zeros_like(x)
         x = call(name, fn, short, x, t, eps_hat, z)
-    compare(name, x, reference, "a 6-step chain against samplers.ddpm_sample with the same noise",
-            rtol=1e-4, atol=1e-4, check_dtype=False)
+    compare(
+        name,
+        x,
+        reference,
+        "a 6-step chain against samplers.ddpm_sample with the same noise",
+        rtol=1e-4,
+        atol=1e-4,
+        check_dtype=False,
+    )
     passed(name, "7 timesteps including 0 and T-1, and a whole chain")
 
 
@@ -166,26 +229,50 @@ def check_ddim_step(fn: Callable) -> None:
         expected = x0_hat if t_prev < 0 else check.q_sample(x0_hat, t_prev, noise=eps_hat)
         mistakes = []
         if t_prev >= 0:
-            wrong_prev = check.q_sample(x0_hat, t_prev + 1 if t_prev + 1 < 1000 else t_prev,
-                                        noise=eps_hat)
+            wrong_prev = check.q_sample(
+                x0_hat, t_prev + 1 if t_prev + 1 < 1000 else t_prev, noise=eps_hat
+            )
             mistakes.append((wrong_prev, "off by one: use alphas_cumprod[t_prev] for the target"))
-            mistakes.append((check.q_sample(x0_hat, t, noise=eps_hat), "you noised x0_hat back to "
-                             "level t; the target level is t_prev"))
-        hint = "t_prev = -1 means abar = 1: return x0_hat" if t_prev < 0 else (
-            "x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s) eps_hat with s = t_prev")
-        compare(name, got, expected, f"t = {t}, t_prev = {t_prev}", mistakes=mistakes,
-                hint=hint, rtol=1e-4, atol=1e-4)
+            mistakes.append(
+                (
+                    check.q_sample(x0_hat, t, noise=eps_hat),
+                    "you noised x0_hat back to level t; the target level is t_prev",
+                )
+            )
+        hint = (
+            "t_prev = -1 means abar = 1: return x0_hat"
+            if t_prev < 0
+            else ("x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s) eps_hat with s = t_prev")
+        )
+        compare(
+            name,
+            got,
+            expected,
+            f"t = {t}, t_prev = {t_prev}",
+            mistakes=mistakes,
+            hint=hint,
+            rtol=1e-4,
+            atol=1e-4,
+        )
 
     def fake_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x) * rearrange(t + 1, "b -> b 1") / 1000
 
     x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(7))
-    reference = samplers.ddim_sample(fake_model, check, x_T, num_steps=10, eta=0.0,
-                                     progress=False).sample
+    reference = samplers.ddim_sample(
+        fake_model, check, x_T, num_steps=10, eta=0.0, progress=False
+    ).sample
     timesteps, x = samplers.ddim_timesteps(1000, 10), x_T
     for index, t in enumerate(timesteps):
         t_prev = timesteps[index + 1] if index + 1 < len(timesteps) else -1
         x = call(name, fn, check, x, t, t_prev, fake_model(x, torch.full((len(x),), t)))
-    compare(name, x, reference, f"10 steps over {timesteps} against samplers.ddim_sample",
-            rtol=1e-4, atol=1e-4, check_dtype=False)
+    compare(
+        name,
+        x,
+        reference,
+        f"10 steps over {timesteps} against samplers.ddim_sample",
+        rtol=1e-4,
+        atol=1e-4,
+        check_dtype=False,
+    )
     passed(name, "7 (t, t_prev) pairs including T-1 and -1, and a 10-step run")

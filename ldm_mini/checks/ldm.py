@@ -23,8 +23,13 @@ def check_scale_factor(fn: Callable) -> None:
     cases = [
         3.0 * torch.randn(2, 1, 2, 2, generator=generator) + 1.0,  # 8 entries: N vs N-1 matters
         0.2 * torch.randn(16, 4, 8, 8, generator=generator) - 0.5,  # small spread, nonzero mean
-        torch.cat([torch.randn(8, 1, 4, 4, generator=generator),
-                   10 * torch.randn(8, 1, 4, 4, generator=generator)], dim=1),  # channels differ
+        torch.cat(
+            [
+                torch.randn(8, 1, 4, 4, generator=generator),
+                10 * torch.randn(8, 1, 4, 4, generator=generator),
+            ],
+            dim=1,
+        ),  # channels differ
     ]
     for z in cases:
         got = call(name, fn, z.clone())
@@ -38,12 +43,16 @@ def check_scale_factor(fn: Callable) -> None:
         try:
             value = float(got)
         except (TypeError, ValueError):
-            raise ExerciseCheckFailed(f"{name} must return a number, got {type(got).__name__}") from None
+            raise ExerciseCheckFailed(
+                f"{name} must return a number, got {type(got).__name__}"
+            ) from None
         population, sample = float(z.double().std(unbiased=False)), float(z.double().std())
         if abs(value * population - 1) < 1e-6:
             continue
         if abs(value - population) < 1e-6 * max(population, 1e-12):
-            raise ExerciseCheckFailed(f"{name} ({where}): you returned the std itself; s is one over it")
+            raise ExerciseCheckFailed(
+                f"{name} ({where}): you returned the std itself; s is one over it"
+            )
         if abs(value * sample - 1) < 1e-6:
             raise ExerciseCheckFailed(
                 f"{name} ({where}): you used the sample std (dividing by N - 1); use the "
@@ -60,10 +69,18 @@ def check_scale_factor(fn: Callable) -> None:
 
 def _tiny_ldm(channels: int = 1) -> tuple[LatentDiffusion, torch.nn.Module, UNet, NoiseSchedule]:
     torch.manual_seed(0)
-    autoencoder = build_autoencoder(AutoencoderConfig(
-        kind="kl", f=4, in_channels=channels, latent_channels=4, base_channels=8,
-        channel_mult=(1, 2, 2), num_res_blocks=1, attention=False,
-    )).eval()
+    autoencoder = build_autoencoder(
+        AutoencoderConfig(
+            kind="kl",
+            f=4,
+            in_channels=channels,
+            latent_channels=4,
+            base_channels=8,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attention=False,
+        )
+    ).eval()
     unet = UNet(unet_preset("tiny", 4, num_classes=10)).eval()
     for parameter in unet.parameters():  # a fresh U-Net outputs zeros: give it random weights
         torch.nn.init.normal_(parameter, std=0.1)
@@ -88,9 +105,21 @@ def check_ldm_loss(fn: Callable) -> None:
         labels = torch.randint(0, 10, (len(t_values),), generator=generator)
         noise = torch.randn(len(t_values), 4, 8, 8, generator=generator)
         with torch.no_grad():
-            expected = ldm.training_loss(ldm.encode(x), labels, drop_probability=0.0, t=t, noise=noise)
-            got = call(name, fn, autoencoder, unet, schedule.alphas_cumprod.clone(), scale,
-                       x.clone(), labels.clone(), t.clone(), noise.clone())
+            expected = ldm.training_loss(
+                ldm.encode(x), labels, drop_probability=0.0, t=t, noise=noise
+            )
+            got = call(
+                name,
+                fn,
+                autoencoder,
+                unet,
+                schedule.alphas_cumprod.clone(),
+                scale,
+                x.clone(),
+                labels.clone(),
+                t.clone(),
+                noise.clone(),
+            )
             unscaled = ldm.training_loss(ldm.encode(x) / scale, labels, 0.0, t=t, noise=noise)
             z0 = ldm.encode(x)
             abar = rearrange(schedule.alphas_cumprod[t].float(), "b -> b 1 1 1")
@@ -102,12 +131,23 @@ def check_ldm_loss(fn: Callable) -> None:
                 "over everything"
             )
         mistakes = [
-            (unscaled, "it matches the loss on unscaled latents: multiply E(x) by the scale factor s"),
+            (
+                unscaled,
+                "it matches the loss on unscaled latents: multiply E(x) by the scale factor s",
+            ),
             (x0_target, "the target is the noise eps, not z_0"),
         ]
-        compare(name, got, expected, f"t = {t_values}", mistakes=mistakes, rtol=1e-4, atol=1e-6,
-                hint="z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps (square roots, abar indexed "
-                "at t), the labels passed as class_labels, and the target eps")
+        compare(
+            name,
+            got,
+            expected,
+            f"t = {t_values}",
+            mistakes=mistakes,
+            rtol=1e-4,
+            atol=1e-6,
+            hint="z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps (square roots, abar indexed "
+            "at t), the labels passed as class_labels, and the target eps",
+        )
     passed(name, "at t in {0, 3, 250, 500, 750, 998, 999}")
 
 
@@ -123,15 +163,28 @@ def check_slerp(fn: Callable) -> None:
         expected = slerp(a, b, alphas)
         broadcast = alphas.view(-1, *[1] * len(shape))
         mistakes = [
-            ((1 - broadcast) * a + broadcast * b, "that is the straight line (1 - alpha) a + "
-             "alpha b; use the sines of the angle"),
+            (
+                (1 - broadcast) * a + broadcast * b,
+                "that is the straight line (1 - alpha) a + alpha b; use the sines of the angle",
+            ),
             (slerp(b, a, alphas), "a and b are swapped: alpha = 0 must give a"),
         ]
-        compare(name, got, expected, f"a, b of shape {shape}, alphas {alphas.tolist()}",
-                mistakes=mistakes, atol=1e-5,
-                hint="theta = arccos(<a, b> / (|a| |b|)); slerp = [sin((1 - alpha) theta) a + "
-                "sin(alpha theta) b] / sin(theta)")
+        compare(
+            name,
+            got,
+            expected,
+            f"a, b of shape {shape}, alphas {alphas.tolist()}",
+            mistakes=mistakes,
+            atol=1e-5,
+            hint="theta = arccos(<a, b> / (|a| |b|)); slerp = [sin((1 - alpha) theta) a + "
+            "sin(alpha theta) b] / sin(theta)",
+        )
     circle = call(name, fn, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.5]))
-    compare(name, circle, torch.tensor([[0.5**0.5, 0.5**0.5]]),
-            "orthogonal unit vectors at alpha = 0.5 (stays on the unit circle)", atol=1e-6)
+    compare(
+        name,
+        circle,
+        torch.tensor([[0.5**0.5, 0.5**0.5]]),
+        "orthogonal unit vectors at alpha = 0.5 (stays on the unit circle)",
+        atol=1e-6,
+    )
     passed(name, "3 shapes and a closed form")

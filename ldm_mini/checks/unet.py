@@ -39,13 +39,22 @@ def check_timestep_embedding(fn: Callable) -> None:
         mistakes = [(sines_first, "the order is cosines first, then sines")]
         if half > 1:
             mistakes.append((off_by_one, "the exponent is i / h with h = dim / 2, not i / (h - 1)"))
-        compare(name, got, expected, f"t = {t.tolist()[:4]}{'...' if len(t) > 4 else ''}, dim = {dim}",
-                mistakes=mistakes, atol=1e-5, rtol=1e-5,
-                hint="omega_i = exp(-ln(P) i / h), angle = t omega_i, [cos(angle), sin(angle)]")
+        compare(
+            name,
+            got,
+            expected,
+            f"t = {t.tolist()[:4]}{'...' if len(t) > 4 else ''}, dim = {dim}",
+            mistakes=mistakes,
+            atol=1e-5,
+            rtol=1e-5,
+            hint="omega_i = exp(-ln(P) i / h), angle = t omega_i, [cos(angle), sin(angle)]",
+        )
     passed(name, f"{len(cases)} cases, t = 0 and T-1 included")
 
 
-def _resblock_with(film: Callable, block: ResBlock, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+def _resblock_with(
+    film: Callable, block: ResBlock, x: torch.Tensor, emb: torch.Tensor
+) -> torch.Tensor:
     """ResBlock.forward with its FiLM line replaced by ``film``."""
     h = block.conv1(F.silu(block.norm1(x)))
     time_params = block.time_proj(F.silu(emb))
@@ -66,12 +75,21 @@ def check_film(fn: Callable) -> None:
         scale, shift = rearrange(params, "b c -> b c 1 1").chunk(2, dim=1)
         got = call(name, fn, h.clone(), params.clone())
         mistakes = [
-            (h * scale + shift, "the scale multiplies as (1 + scale): a zero scale must leave h unchanged"),
+            (
+                h * scale + shift,
+                "the scale multiplies as (1 + scale): a zero scale must leave h unchanged",
+            ),
             (h * (1 + shift) + scale, "scale is the first half of time_params, shift the second"),
             ((h + shift) * (1 + scale), "scale first, then add the shift: h (1 + scale) + shift"),
         ]
-        compare(name, got, h * (1 + scale) + shift, f"h {tuple(h.shape)}, time_params "
-                f"{tuple(params.shape)}", mistakes=mistakes, atol=1e-5)
+        compare(
+            name,
+            got,
+            h * (1 + scale) + shift,
+            f"h {tuple(h.shape)}, time_params {tuple(params.shape)}",
+            mistakes=mistakes,
+            atol=1e-5,
+        )
     for seed, (in_ch, out_ch) in enumerate([(16, 32), (32, 32)]):
         torch.manual_seed(510 + seed)
         block = ResBlock(in_ch, out_ch, time_dim=64).eval()
@@ -82,8 +100,9 @@ def check_film(fn: Callable) -> None:
         with torch.no_grad():
             got = _resblock_with(lambda h, p: call(name, fn, h, p), block, x, emb)
             expected = block(x, emb)
-        compare(name, got, expected, f"inside ResBlock({in_ch}, {out_ch}) at t = 0, 500, T-1",
-                atol=1e-5)
+        compare(
+            name, got, expected, f"inside ResBlock({in_ch}, {out_ch}) at t = 0, 500, T-1", atol=1e-5
+        )
     passed(name, "alone and inside a ResBlock with random weights")
 
 
@@ -114,11 +133,22 @@ def check_attention(fn: Callable) -> None:
                 ((logits / q.shape[-1]).softmax(-1) @ v, "scale by 1 / sqrt(d), not 1 / d"),
             ]
             if q_shape[-2] == k_shape[-2]:
-                mistakes.append(((logits / math.sqrt(q.shape[-1])).softmax(-2) @ v,
-                                 "the softmax runs over the keys (the last axis), not the queries"))
+                mistakes.append(
+                    (
+                        (logits / math.sqrt(q.shape[-1])).softmax(-2) @ v,
+                        "the softmax runs over the keys (the last axis), not the queries",
+                    )
+                )
             if mask is not None and not mask.all():
-                mistakes.append((F.scaled_dot_product_attention(q, k, v), "the mask is ignored: "
-                                 "set the logits of masked keys to -inf before the softmax"))
-            where = f"q {q_shape}, k {k_shape}, mask {'none' if mask is None else mask.int().tolist()}"
+                mistakes.append(
+                    (
+                        F.scaled_dot_product_attention(q, k, v),
+                        "the mask is ignored: "
+                        "set the logits of masked keys to -inf before the softmax",
+                    )
+                )
+            where = (
+                f"q {q_shape}, k {k_shape}, mask {'none' if mask is None else mask.int().tolist()}"
+            )
             compare(name, got, expected, where, mistakes=mistakes, atol=1e-5, rtol=1e-5)
     passed(name, f"{len(shapes)} shapes, with and without masks")
