@@ -143,3 +143,24 @@ def test_text_needs_captions_and_refuses_warm_starts(trained: Path, tmp_path: Pa
         make_stage(text_config(**{"init.checkpoint": str(trained)}))
     with pytest.raises(ValueError, match="unknown_words must be one of"):
         make_stage(text_config(**{"condition.unknown_words": "ignore"}))
+
+
+def test_the_readme_text_setup_v_prediction_with_attention_at_both_levels(tmp_path: Path):
+    """The README trains text models with v-prediction and cross-attention at levels [0, 1]:
+    the run stores both, loads, and samples through the v -> (x0, eps) conversion."""
+    out = tmp_path / "v"
+    config = text_config(**{"diffusion.parameterization": "v", "model.attention_levels": [0, 1],
+                            "train.steps": 2})  # fmt: skip
+    train_ldm(config, out, progress=False)
+    ldm, loaded = load_ldm(out)
+    assert ldm.schedule.parameterization == "v" and loaded["diffusion"]["parameterization"] == "v"
+    assert list(loaded["model"]["attention_levels"]) == [0, 1]
+    images = _draw(ldm, ["a red circle", "a blue square below a green circle"], guidance=3.0)
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+    # the loss target is v = sqrt(abar) eps - sqrt(1 - abar) z0, not eps
+    z0 = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([10, 900])
+    abar = ldm.schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    expected_v = abar.sqrt() * noise - (1 - abar).sqrt() * z0
+    torch.testing.assert_close(ldm.schedule.target(z0, noise, t), expected_v)
