@@ -88,11 +88,15 @@ def _instructions(cells: list[dict[str, Any]], index: int) -> str:
 
 
 def _next_check(cells: list[dict[str, Any]], index: int) -> str | None:
+    """The checker called by the first check cell from ``index`` on, before the next solution."""
     for cell in cells[index:]:
-        if cell.get("cell_type") == "code":
-            found = CHECK_CALL.findall(_source(cell))
-            if found:
-                return found[0]
+        if cell.get("cell_type") != "code":
+            continue
+        found = CHECK_CALL.findall(_source(cell))
+        if found:
+            return found[0]
+        if BEGIN in _source(cell):
+            return None  # another exercise starts before this one was checked
     return None
 
 

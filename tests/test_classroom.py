@@ -124,6 +124,11 @@ def test_a_solution_without_a_check_cell_is_refused():
     notebook = _notebook([_cell("code", KL_SOLUTION), _cell("code", "print('no check here')")])
     with pytest.raises(classroom.ClassroomError, match="no check cell after it"):
         classroom.make_student_notebook(notebook)
+    # the next exercise's check does not count for this one
+    two = _notebook([_cell("code", KL_SOLUTION), _cell("code", FILM_SOLUTION),
+                     _cell("code", "checks.check_film(my_film)")])  # fmt: skip
+    with pytest.raises(classroom.ClassroomError, match="cell 0: a solution with no check cell"):
+        classroom.make_student_notebook(two)
 
 
 def test_bad_paths_and_corrupt_files(tmp_path):
