@@ -28,10 +28,14 @@ __all__ = [
     "FEATURE_EXTRACTORS",
     "EfficientNetFeatures",
     "choose_feature_extractor",
+    "distances_between_subsets",
     "frechet_distance",
+    "frechet_distance_of_features",
     "gaussian_frechet_distance",
     "inception_available",
+    "image_features",
     "inception_weights_path",
+    "kernel_distance_of_features",
     "kernel_inception_distance",
     "psnr",
     "ssim",
@@ -378,3 +382,108 @@ def kernel_inception_distance(
         "n_real": int(real.shape[0]),
         "n_fake": int(fake.shape[0]),
     }
+
+
+# -- distances from precomputed features (notebook 09: how FD and KID behave with n) ----------
+def image_features(
+    images: Tensor, feature_extractor: str | EfficientNetFeatures = "auto", batch_size: int = 64
+) -> tuple[Tensor, str]:
+    """Features (N, D) float64 of images (N, C, H, W) in [-1, 1], and the extractor's name.
+
+    The same features :func:`frechet_distance` and :func:`kernel_inception_distance` use
+    (Inception pool3, D = 2048, or EfficientNet-Lite0, D = 1280): extract once, then compare
+    many subsets with :func:`frechet_distance_of_features` / :func:`kernel_distance_of_features`.
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, C, H, W) with C in {{1, 3}}, got {tuple(images.shape)}")
+    feature, name = _feature_module(feature_extractor)
+    feature = feature.to(images.device).eval()
+    chunks = []
+    with torch.no_grad():
+        for batch in images.split(batch_size):
+            if batch.shape[1] == 1:
+                batch = repeat(batch, "b 1 h w -> b c h w", c=3)
+            if name == "inception":
+                batch = (_to_unit_range(batch) * 255).round().to(torch.uint8)
+            chunks.append(feature(batch).reshape(batch.shape[0], -1).double().cpu())
+    return torch.cat(chunks), name
+
+
+def _check_feature_sets(a: Tensor, b: Tensor) -> None:
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"features must be (N, D) and (M, D) with the same D, got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+    if min(a.shape[0], b.shape[0]) < 2:
+        raise ValueError(f"need at least 2 feature vectors per set, got {a.shape[0]}, {b.shape[0]}")
+
+
+def frechet_distance_of_features(a: Tensor, b: Tensor) -> float:
+    """FD between Gaussians fitted to feature sets a (N, D) and b (M, D) (unbiased covariances)."""
+    _check_feature_sets(a, b)
+    a, b = a.double(), b.double()
+    # mu = mean f, Sigma = sum (f - mu)(f - mu)^T / (n - 1)
+    return float(
+        gaussian_frechet_distance(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+    )
+
+
+def kernel_distance_of_features(a: Tensor, b: Tensor) -> float:
+    """Unbiased MMD^2 between feature sets a (N, D) and b (M, D), all pairs (KID without subsets).
+
+    Kernel k(x, y) = (x . y / D + 1)^3 (KID's); the sums leave out the diagonals, so two samples
+    of one distribution give about 0 (possibly negative) whatever N and M are.
+    """
+    _check_feature_sets(a, b)
+    a, b = a.double(), b.double()
+    dim = a.shape[1]
+    n, m = a.shape[0], b.shape[0]
+
+    def kernel(x: Tensor, y: Tensor) -> Tensor:
+        return (x @ y.T / dim + 1.0) ** 3
+
+    k_aa, k_bb, k_ab = kernel(a, a), kernel(b, b), kernel(a, b)
+    # MMD^2 = sum_{i!=j} k(a_i, a_j) / n(n-1) + sum_{i!=j} k(b_i, b_j) / m(m-1) - 2 mean k(a, b)
+    within_a = (k_aa.sum() - k_aa.diagonal().sum()) / (n * (n - 1))
+    within_b = (k_bb.sum() - k_bb.diagonal().sum()) / (m * (m - 1))
+    return float(within_a + within_b - 2.0 * k_ab.mean())
+
+
+def distances_between_subsets(
+    features: Tensor, sizes: list[int], repeats: int = 5, seed: int = 0
+) -> list[dict]:
+    """FD and KID between two disjoint random subsets of size n of ONE feature set, per n.
+
+    Both subsets come from the same distribution, so the true distance is 0: what is measured
+    is the estimators' bias (FD's grows as n shrinks) and spread. features (N, D) with
+    N >= 2 max(sizes). Returns one row per n: {"n", "fd_mean", "fd_std", "kid_mean", "kid_std"}
+    (std over ``repeats`` draws; repeats >= 2).
+    """
+    if repeats < 2:
+        raise ValueError(f"repeats must be >= 2 to measure a spread, got {repeats}")
+    if not sizes or min(sizes) < 2 or 2 * max(sizes) > features.shape[0]:
+        raise ValueError(
+            f"sizes must be >= 2 and at most N / 2 = {features.shape[0] // 2} (two disjoint "
+            f"subsets), got {sizes}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in sizes:
+        fds, kids = [], []
+        for _ in range(repeats):
+            order = torch.randperm(features.shape[0], generator=generator)
+            first, second = features[order[:n]], features[order[n : 2 * n]]
+            fds.append(frechet_distance_of_features(first, second))
+            kids.append(kernel_distance_of_features(first, second))
+        fd, kid = torch.tensor(fds), torch.tensor(kids)
+        rows.append(
+            {
+                "n": n,
+                "fd_mean": float(fd.mean()),
+                "fd_std": float(fd.std()),
+                "kid_mean": float(kid.mean()),
+                "kid_std": float(kid.std()),
+            }
+        )
+    return rows

@@ -198,3 +198,55 @@ def test_effnet_features_default_resolution_follows_the_input(monkeypatch):
     for size in (32, 96, 320):
         assert extractor(torch.zeros(1, 3, size, size)).shape == (1, 1280)
     assert seen == [64, 96, 224]
+
+
+# ---------------------------------------------------------------- distances from features
+
+
+def test_features_give_the_same_fd_as_frechet_distance(features):
+    real, fake = smooth_images(10, seed=7), noisy(smooth_images(10, seed=8), 0.2)
+    real_features, name = metrics.image_features(real, features, batch_size=4)
+    fake_features, _ = metrics.image_features(fake, features)
+    assert real_features.shape == (10, 1280) and real_features.dtype == torch.float64
+    assert name == "efficientnet-lite0"
+    expected = frechet_distance(real, fake, features)["fd"]
+    assert metrics.frechet_distance_of_features(real_features, fake_features) == pytest.approx(
+        expected, rel=1e-6
+    )
+
+
+def test_kernel_distance_matches_torchmetrics_mmd_and_is_unbiased():
+    from torchmetrics.image.kid import poly_mmd
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 8, generator=generator, dtype=torch.float64)
+    b = torch.randn(40, 8, generator=generator, dtype=torch.float64) + 0.5
+    # equal set sizes: the same estimator as torchmetrics' (KID's) poly_mmd
+    assert metrics.kernel_distance_of_features(a, b) == pytest.approx(poly_mmd(a, b).item())
+    # two samples of one distribution: mean over draws close to 0, no bias growing as n shrinks
+    values = [
+        metrics.kernel_distance_of_features(
+            torch.randn(20, 8, generator=generator), torch.randn(30, 8, generator=generator)
+        )
+        for _ in range(200)
+    ]
+    shifted = metrics.kernel_distance_of_features(a, b)
+    assert abs(sum(values) / len(values)) < 0.05 * shifted
+    with pytest.raises(ValueError, match="same D"):
+        metrics.kernel_distance_of_features(a, b[:, :4])
+
+
+def test_fd_between_subsets_of_one_set_is_biased_upwards_at_small_n_and_kid_is_not():
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(400, 16, generator=generator, dtype=torch.float64)
+    rows = metrics.distances_between_subsets(features, [10, 50, 200], repeats=4, seed=0)
+    assert [row["n"] for row in rows] == [10, 50, 200]
+    fds = [row["fd_mean"] for row in rows]
+    # the true distance is 0; FD's bias shrinks about like D / n
+    assert fds[0] > fds[1] > fds[2] > 0
+    assert all(abs(row["kid_mean"]) < 3 * row["kid_std"] + 1e-3 for row in rows)
+    assert rows == metrics.distances_between_subsets(features, [10, 50, 200], repeats=4, seed=0)
+    with pytest.raises(ValueError, match="disjoint"):
+        metrics.distances_between_subsets(features, [300])
+    with pytest.raises(ValueError, match="repeats"):
+        metrics.distances_between_subsets(features, [10], repeats=1)
