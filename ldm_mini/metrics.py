@@ -395,7 +395,9 @@ def image_features(
     many subsets with :func:`frechet_distance_of_features` / :func:`kernel_distance_of_features`.
     """
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, C, H, W) with C in {{1, 3}}, got {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be (N, C, H, W) with C in {{1, 3}}, got {tuple(images.shape)}"
+        )
     feature, name = _feature_module(feature_extractor)
     feature = feature.to(images.device).eval()
     chunks = []
@@ -424,9 +426,7 @@ def frechet_distance_of_features(a: Tensor, b: Tensor) -> float:
     _check_feature_sets(a, b)
     a, b = a.double(), b.double()
     # mu = mean f, Sigma = sum (f - mu)(f - mu)^T / (n - 1)
-    return float(
-        gaussian_frechet_distance(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
-    )
+    return float(gaussian_frechet_distance(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T)))
 
 
 def kernel_distance_of_features(a: Tensor, b: Tensor) -> float:
