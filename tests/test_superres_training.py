@@ -12,6 +12,7 @@ from ldm_mini.checkpoints import load_checkpoint
 from ldm_mini.configs import apply_overrides
 from ldm_mini.superres import Bicubic
 from ldm_mini.superres.training import (
+    export_sr,
     load_sr,
     load_sr_preset,
     parse_config,
@@ -60,6 +61,20 @@ def test_diffusion_run_saves_loads_and_upscales(diffusion_run: Path):
     # a larger input is upscaled in tiles to 4x its size
     big = super_resolve(ldm, torch.zeros(1, 3, 12, 20), steps=2, seed=0, tile=16, overlap=4)
     assert big.shape == (1, 3, 48, 80) and torch.isfinite(big).all()
+
+
+def test_export_ships_the_ema_weights_without_trainer_state(diffusion_run: Path, tmp_path: Path):
+    shipped = export_sr(diffusion_run, tmp_path / "shipped", {"command": "ldm-mini train-sr ..."})
+    assert not (shipped / "trainer_state.pt").exists()
+    config = json.loads((shipped / "config.json").read_text())
+    assert config["shipped_weights"] == "ema" and config["command"] == "ldm-mini train-sr ..."
+    low = Bicubic(4)(torch.rand(1, 3, 32, 32) * 2 - 1)
+    ema, _ = load_sr(diffusion_run)  # the run's EMA weights
+    raw, _ = load_sr(diffusion_run, use_ema=False)
+    exported, _ = load_sr(shipped)
+    expected = super_resolve(ema, low, steps=2, seed=0)
+    assert torch.equal(super_resolve(exported, low, steps=2, seed=0), expected)
+    assert not torch.equal(super_resolve(raw, low, steps=2, seed=0), expected)
 
 
 def test_regression_baseline_and_latent_space(tmp_path: Path):

@@ -5,7 +5,9 @@ Taught in notebook 08_super_resolution. A run trains the U-Net on random crops o
 (bicubic or blind, :mod:`.degradations`) is concatenated to z_t. Two objectives share the
 config, the U-Net and the checkpoint format:
 
-* ``diffusion`` (LDM-SR): L = E ||eps - eps_theta([z_t ; y], t)||^2, sampled with any sampler;
+* ``diffusion`` (LDM-SR): L = E ||eps - eps_theta([z_t ; y], t)||^2, sampled with any sampler
+  (the presets predict v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0 instead of eps: with eps the
+  U-Net learned to use y at high noise much later, see configs/sr/cpu.json);
 * ``regression`` (the paper's baseline in Table 5): the same U-Net maps [0 ; y] at t = 0
   straight to z_0, L = ||z_0 - f_theta([0 ; y])||^2, one forward pass to sample.
 """
@@ -246,6 +248,31 @@ def train_sr(
     stage, dataset, train_config = make_stage(config, device)
     trainer = Trainer(stage, dataset, train_config, out, resume=resume, progress=progress)
     return trainer.fit()
+
+
+def export_sr(source: str | Path, destination: str | Path, extra: dict[str, Any]) -> Path:
+    """Write a shipped SR checkpoint: the EMA U-Net as its weights, no trainer state, and the
+    first stage by reference (checked by sha256 when loaded) when it is a shipped autoencoder.
+    ``extra`` (command, metrics, ...) is added to its config."""
+    from ldm_mini.checkpoints import save_checkpoint
+
+    checkpoint = load_checkpoint(source, expected_stage=STAGE)
+    if checkpoint.ema_state is None:
+        raise CheckpointError(f"{source} has no EMA weights to ship")
+    config = {
+        k: v
+        for k, v in checkpoint.config.items()
+        if k not in ("stage", "step", "format_version", "library_version", "saved_at", "files")
+    }
+    state = {f"unet.{k}": v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
+    if not config["first_stage"]["checkpoint"].startswith("shipped:"):
+        state.update(
+            {k: v for k, v in checkpoint.model_state.items() if k.startswith("first_stage.")}
+        )
+    config.update(extra, shipped_weights="ema")
+    return save_checkpoint(
+        destination, stage=STAGE, config=config, model_state=state, step=checkpoint.step
+    )
 
 
 def load_sr(path: str | Path, device: str = "cpu", use_ema: bool = True):
