@@ -203,7 +203,9 @@ def _cmd_superres(args: argparse.Namespace) -> int:
     if (keep_h, keep_w) != (height, width):  # at most a few pixels at the right and bottom
         print(f"note: cropped the input from {width}x{height} to {keep_w}x{keep_h}")
         low = low[..., :keep_h, :keep_w]
-    tile = args.tile or config["data"]["crop_size"] // ldm.downsampling_factor
+    tile = args.tile  # None: the whole latent at once (fully convolutional, as the paper)
+    if tile is not None and tile < 1:
+        raise ValueError(f"--tile must be a positive number of latent positions, got {tile}")
     start = time.perf_counter()
     image = super_resolve(
         ldm, low, config["objective"]["kind"], factor=factor, steps=args.steps, seed=args.seed,
@@ -215,12 +217,17 @@ def _cmd_superres(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     from ldm_mini.superres.tiling import seam_ratio
 
-    seams = seam_ratio(image[0].cpu(), tile, args.overlap, ldm.downsampling_factor)
+    how = "the whole latent at once (fully convolutional)"
+    latent_h, latent_w = (size // ldm.downsampling_factor for size in image.shape[-2:])
+    if tile is not None and max(latent_h, latent_w) > tile:
+        seams = seam_ratio(image[0].cpu(), tile, args.overlap, ldm.downsampling_factor)
+        how = (
+            f"tiles of {tile} latent positions overlapping by {args.overlap}; seam ratio "
+            f"{seams:.3f}: gradients across tile borders / elsewhere, about 1 without seams"
+        )
     print(
         f"wrote {args.out}: {keep_w}x{keep_h} -> {image.shape[-1]}x{image.shape[-2]} in "
-        f"{seconds:.1f} s ({config['objective']['kind']}, tiles of {tile} latent positions "
-        f"overlapping by {args.overlap}; seam ratio {seams:.3f}: gradients across tile borders "
-        "/ elsewhere, about 1 without seams)"
+        f"{seconds:.1f} s ({config['objective']['kind']}, {how})"
     )
     return 0
 
@@ -476,7 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
     superres.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
     superres.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     superres.add_argument(
-        "--tile", type=int, help="tile size in latent positions (default: the training crop's)"
+        "--tile",
+        type=int,
+        help="denoise in overlapping tiles of this many latent positions (less memory; default: "
+        "the whole latent at once, fully convolutional)",
     )
     superres.add_argument(
         "--overlap", type=int, default=8, help="tile overlap in latent positions (default: 8)"
@@ -571,9 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run only the setup, exercise and check cells (seconds per notebook)",
     )
-    grade.add_argument(
-        "--timeout", type=int, default=900, help="seconds per cell (default: 900)"
-    )
+    grade.add_argument("--timeout", type=int, default=900, help="seconds per cell (default: 900)")
     grade.set_defaults(func=_cmd_classroom_grade)
     return parser
 

@@ -18,6 +18,7 @@ AUTOENCODERS = [
     p for p in SHIPPED if json.loads((p / "config.json").read_text())["stage"] == "autoencoder"
 ]
 LDMS = [p for p in SHIPPED if json.loads((p / "config.json").read_text())["stage"] == "ldm"]
+SRS = [p for p in SHIPPED if json.loads((p / "config.json").read_text())["stage"] == "sr"]
 
 
 def test_every_shipped_checkpoint_is_listed_in_the_index():
@@ -51,8 +52,40 @@ def test_shipped_autoencoder_matches_its_card(path: Path, one_thread):
     assert abs(subset["ssim"] - measured["ssim"]) < 0.03
 
 
-def test_every_shipped_checkpoint_is_an_autoencoder_or_an_ldm():
-    assert set(SHIPPED) == set(AUTOENCODERS) | set(LDMS) and LDMS
+def test_every_shipped_checkpoint_is_an_autoencoder_an_ldm_or_super_resolution():
+    assert set(SHIPPED) == set(AUTOENCODERS) | set(LDMS) | set(SRS) and LDMS
+
+
+@pytest.mark.parametrize("path", SRS, ids=[path.name for path in SRS])
+def test_shipped_super_resolution_matches_its_card_and_upscales(path: Path, one_thread):
+    from ldm_mini import metrics
+    from ldm_mini.superres.evaluation import heldout_crops
+    from ldm_mini.superres.training import load_sr, super_resolve
+
+    config = json.loads((path / "config.json").read_text())
+    card = (path / "README.md").read_text()
+    measured = config["metrics"]
+    for method in ("ldm_sr", "regression", "bicubic"):
+        if method in measured:
+            m = measured[method]
+            numbers = f"| {m['psnr']:.2f} | {m['ssim']:.3f} | {m['perceptual']:.3f} |"
+            numbers += f" {m['fd']:.1f} |"
+            assert numbers in card, f"the card shows the measured {method} row"
+    assert re.search(r"`ldm-mini train-sr [^`]+`", card), "the card gives the command"
+    assert not (path / "trainer_state.pt").exists()
+    ldm, loaded = load_sr(path)
+    assert loaded["shipped_weights"] == "ema" and loaded["model"]["concat_channels"] == 3
+    # the weights are the ones that were measured: PSNR on 16 of the held-out crops is close to
+    # the card's (a different or broken model would be far off)
+    real, low = heldout_crops(loaded, 16)
+    kind = loaded["objective"]["kind"]
+    torch.manual_seed(0)
+    upscaled = super_resolve(ldm, low, kind, steps=25, seed=0)
+    again = super_resolve(ldm, low, kind, steps=25, seed=0)
+    assert upscaled.shape == real.shape and torch.equal(upscaled, again)
+    expected = measured["ldm_sr" if kind == "diffusion" else "regression"]["psnr"]
+    psnr = float(metrics.psnr(real, upscaled).mean())
+    assert abs(psnr - expected) < 2.0, (psnr, expected)
 
 
 @pytest.mark.parametrize("path", LDMS, ids=[path.name for path in LDMS])

@@ -110,7 +110,14 @@ def test_cli_trains_and_upscales_any_size(diffusion_run: Path, tmp_path: Path, c
     assert main(argv) == 0
     with Image.open(out) as result:
         assert result.size == (52, 40)  # 4x, any size (pixel space: nothing to crop)
-    assert "13x10 -> 52x40" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "13x10 -> 52x40" in printed and "seam ratio" in printed
+    # by default the whole latent at once: no tiles, no seams to report
+    assert main(argv[:-4]) == 0
+    printed = capsys.readouterr().out
+    assert "fully convolutional" in printed and "seam ratio" not in printed
+    assert main([*argv[:-4], "--tile", "0"]) == 2
+    assert "--tile must be a positive" in capsys.readouterr().err
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     assert (
