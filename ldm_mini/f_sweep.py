@@ -7,7 +7,8 @@ balance cost and quality. Here, on 32x32 Fashion-MNIST: for each f > 1 a KL auto
 trained with the same settings and number of steps (latent (c_f, 32/f, 32/f)); f = 1 is pixel
 space (the identity first stage). Then the same U-Net config is trained on each for the same
 number of seconds: the number of steps that fits is measured first (``calibration_steps``
-timed steps), so every run is reproducible from the steps it records. Each run is scored by FD
+timed steps per f, all f back to back so that they see the same machine load), so every run
+is reproducible from the steps it records. Each run is scored by FD
 and KID of its samples against the test split, and by its sampling time.
 
 Everything is written under one folder and resumes: a rerun reuses finished runs and the steps
@@ -145,6 +146,17 @@ def measure_steps_per_second(
     return sweep.calibration_steps / max(elapsed, 1e-9)
 
 
+def _stand_in_first_stage(f: int, sweep: SweepConfig, folder: Path) -> str:
+    """A first stage with f's architecture for timing (one training step: the weights do not
+    change the speed): ``identity`` for f = 1, else an autoencoder checkpoint in ``folder``."""
+    if f == 1:
+        return "identity"
+    config = autoencoder_config(f, sweep)
+    config["train"].update(steps=1, sample_every=1, checkpoint_every=1)
+    train_autoencoder(config, folder, resume=False, progress=False)
+    return str(folder)
+
+
 def _autoencoder_row(path: Path, sweep: SweepConfig) -> dict[str, Any]:
     result = evaluate_autoencoder(path, limit=sweep.eval_samples, device=sweep.device)
     return {
@@ -177,9 +189,19 @@ def run_f_sweep(
                 f"{out} holds a sweep with other settings ({manifest.get('config')}); "
                 "pick another folder or delete it to start over"
             )
-    rows = []
+    # the rates first, back to back, so that every f is timed under the same machine load
     for f in sweep.factors:
         run = manifest["runs"].setdefault(str(f), {})
+        if "steps" not in run:
+            scratch = out / f"calibration_f{f}"
+            first_stage = _stand_in_first_stage(f, sweep, scratch / "autoencoder")
+            rate = measure_steps_per_second(first_stage, sweep, scratch / "ldm")
+            shutil.rmtree(scratch, ignore_errors=True)
+            run.update(steps_per_second=rate, steps=max(1, math.floor(rate * sweep.ldm_seconds)))
+            manifest_path.write_text(json.dumps(manifest, indent=1))
+    rows = []
+    for f in sweep.factors:
+        run = manifest["runs"][str(f)]
         started = time.perf_counter()
         if f == 1:
             first_stage = "identity"
@@ -194,10 +216,6 @@ def run_f_sweep(
             train_autoencoder(autoencoder_config(f, sweep), folder, progress=progress)
             first_stage = str(folder)
             row = _autoencoder_row(folder, sweep)
-        if "steps" not in run:
-            rate = measure_steps_per_second(first_stage, sweep, out / f"calibration_f{f}")
-            run.update(steps_per_second=rate, steps=max(1, math.floor(rate * sweep.ldm_seconds)))
-            manifest_path.write_text(json.dumps(manifest, indent=1))
         folder = out / f"ldm_f{f}"
         train_ldm(ldm_config(first_stage, sweep, run["steps"]), folder, progress=progress)
         log = (folder / "log.jsonl").read_text().splitlines()

@@ -75,6 +75,7 @@ def test_a_tiny_sweep_measures_each_factor_and_resumes_without_training_again(tm
         # the steps are what the measured rate allows in the budget
         assert row["steps"] == max(1, int(row["steps_per_second"] * sweep.ldm_seconds))
         assert row["fd"] > 0 and row["seconds_per_sample"] > 0
+    assert not list(tmp_path.glob("calibration_*")), "the timing runs are removed"
     manifest = json.loads((tmp_path / "sweep.json").read_text())
     assert manifest["runs"]["2"]["steps"] == latent["steps"]
     logs = {f: (tmp_path / f"ldm_f{f}" / "log.jsonl").read_text() for f in (1, 2)}
