@@ -151,11 +151,30 @@ def recover_interrupted_save(directory: str | Path) -> bool:
     return True
 
 
+SHIPPED_PREFIX = "shipped:"
+
+
+def shipped_checkpoint_dir(name: str) -> Path:
+    """The folder of the shipped checkpoint ``name`` (``data/checkpoints/NAME``), or a clear
+    error listing the shipped ones."""
+    from ldm_mini.data.bundled import data_dir
+
+    folder = data_dir() / "checkpoints"
+    path = folder / name
+    if not name or not path.is_dir():
+        available = sorted(p.name for p in folder.iterdir() if (p / CONFIG_NAME).is_file())
+        raise CheckpointError(f"no shipped checkpoint {name!r}; shipped: {available}")
+    return path
+
+
 def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """A checkpoint folder, or a training run folder holding one in ``checkpoint/``.
+    """A checkpoint folder, a training run folder holding one in ``checkpoint/``, or
+    ``shipped:NAME`` for ``data/checkpoints/NAME``.
 
     A save that was killed half-way is repaired first (:func:`recover_interrupted_save`).
     """
+    if isinstance(path, str) and path.startswith(SHIPPED_PREFIX):
+        return shipped_checkpoint_dir(path[len(SHIPPED_PREFIX) :])
     path = Path(path).expanduser()
     recover_interrupted_save(path)
     recover_interrupted_save(path / "checkpoint")

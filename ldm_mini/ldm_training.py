@@ -241,14 +241,12 @@ def load_first_stage_of(config: dict[str, Any], state: dict[str, Tensor], path) 
 def resolve_first_stage_path(source: str) -> Path:
     """The folder of ``source``: a path, or ``shipped:NAME`` for ``data/checkpoints/NAME``."""
     if source.startswith("shipped:"):
-        from ldm_mini.data.bundled import data_dir
+        from ldm_mini.checkpoints import shipped_checkpoint_dir
 
-        name = source.split(":", 1)[1]
-        path = data_dir() / "checkpoints" / name
-        if not path.is_dir():
-            available = sorted(p.name for p in (data_dir() / "checkpoints").iterdir() if p.is_dir())
-            raise ValueError(f"no shipped checkpoint {name!r}; shipped: {available}")
-        return path
+        try:
+            return shipped_checkpoint_dir(source.split(":", 1)[1])
+        except CheckpointError as err:
+            raise ValueError(str(err)) from err
     return Path(source)
 
 

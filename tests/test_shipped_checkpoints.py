@@ -126,3 +126,19 @@ def test_shipped_ldm_matches_its_card_and_samples(path: Path, one_thread):
         images, labels, _ = generate(ldm, 4, 32, steps=4, seed=0)
         assert labels.tolist() == [0, 1, 2, 3]
     assert images.shape == (4, channels, 32, 32) and torch.isfinite(images).all()
+
+
+def test_shipped_names_load_everywhere_a_checkpoint_folder_does(tmp_path, capsys, one_thread):
+    from ldm_mini.checkpoints import CheckpointError, load_checkpoint
+    from ldm_mini.cli import main
+
+    assert load_checkpoint("shipped:photos_kl_f4").config["stage"] == "autoencoder"
+    with pytest.raises(CheckpointError, match=r"no shipped checkpoint 'nope'; shipped: \[.*photos"):
+        load_checkpoint("shipped:nope")
+    # the README's command: sample from a shipped LDM by name
+    out = tmp_path / "emoji.png"
+    argv = ["sample", "--checkpoint", "shipped:emoji_ldm_text", "--prompt", "smiling face"]
+    assert main([*argv, "--n", "1", "--steps", "2", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["sample", "--checkpoint", "shipped:nope", "--out", str(out)]) == 2
+    assert "no shipped checkpoint 'nope'" in capsys.readouterr().err
