@@ -60,8 +60,8 @@ EXERCISES: dict[str, tuple[str, Callable[[Callable], None]]] = {
     "cross_attention": ("07_cross_attention_conditioning", check_cross_attention),
     "guided_eps": ("07_cross_attention_conditioning", check_guided_eps),
     "drop_captions": ("07_cross_attention_conditioning", check_drop_captions),
-    "unet_input": ("08_super_resolution", check_unet_input),
     "gaussian_kernel": ("08_super_resolution", check_gaussian_kernel),
+    "unet_input": ("08_super_resolution", check_unet_input),
 }
 
 __all__ = ["EXERCISES", "ExerciseCheckFailed", "ExerciseNotImplemented"] + [
