@@ -653,9 +653,18 @@ def _referenced_first_stage_state(first: dict[str, Any], path: str | Path) -> di
 def export_ldm(source: str | Path, destination: str | Path, extra: dict[str, Any]) -> Path:
     """Write a shipped LDM: the EMA U-Net as its weights, no trainer state, and the first
     stage by reference (checked by sha256 when loaded) when it is a shipped autoencoder."""
+    return export_ema_checkpoint(source, destination, extra, STAGE)
+
+
+def export_ema_checkpoint(
+    source: str | Path, destination: str | Path, extra: dict[str, Any], stage: str
+) -> Path:
+    """Ship a diffusion run of ``stage`` (``ldm`` or ``sr``): its EMA weights (the U-Net, and
+    the text encoder when trained jointly), the first stage copied unless it is a shipped
+    autoencoder (then referenced by sha256), no trainer state; ``extra`` joins the config."""
     from ldm_mini.checkpoints import save_checkpoint
 
-    checkpoint = load_checkpoint(source, expected_stage=STAGE)
+    checkpoint = load_checkpoint(source, expected_stage=stage)
     config = {
         k: v
         for k, v in checkpoint.config.items()
@@ -664,7 +673,7 @@ def export_ldm(source: str | Path, destination: str | Path, extra: dict[str, Any
     if checkpoint.ema_state is None:
         raise CheckpointError(f"{source} has no EMA weights to ship")
     ema = {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
-    if config["condition"].get("kind") == "text":  # the EMA holds unet. and condition_encoder.
+    if config.get("condition", {}).get("kind") == "text":  # the EMA holds unet. and encoder
         state = dict(ema)
     else:
         state = {f"unet.{k}": v for k, v in ema.items()}
@@ -674,7 +683,7 @@ def export_ldm(source: str | Path, destination: str | Path, extra: dict[str, Any
         )
     config.update(extra, shipped_weights="ema")
     return save_checkpoint(
-        destination, stage=STAGE, config=config, model_state=state, step=checkpoint.step
+        destination, stage=stage, config=config, model_state=state, step=checkpoint.step
     )
 
 

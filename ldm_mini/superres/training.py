@@ -29,6 +29,7 @@ from ldm_mini.ldm_training import (
     LDMOptimConfig,
     _Section,
     build_first_stage,
+    export_ema_checkpoint,
     first_stage_record,
     global_draws,
     load_first_stage_of,
@@ -254,25 +255,7 @@ def export_sr(source: str | Path, destination: str | Path, extra: dict[str, Any]
     """Write a shipped SR checkpoint: the EMA U-Net as its weights, no trainer state, and the
     first stage by reference (checked by sha256 when loaded) when it is a shipped autoencoder.
     ``extra`` (command, metrics, ...) is added to its config."""
-    from ldm_mini.checkpoints import save_checkpoint
-
-    checkpoint = load_checkpoint(source, expected_stage=STAGE)
-    if checkpoint.ema_state is None:
-        raise CheckpointError(f"{source} has no EMA weights to ship")
-    config = {
-        k: v
-        for k, v in checkpoint.config.items()
-        if k not in ("stage", "step", "format_version", "library_version", "saved_at", "files")
-    }
-    state = {f"unet.{k}": v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
-    if not config["first_stage"]["checkpoint"].startswith("shipped:"):
-        state.update(
-            {k: v for k, v in checkpoint.model_state.items() if k.startswith("first_stage.")}
-        )
-    config.update(extra, shipped_weights="ema")
-    return save_checkpoint(
-        destination, stage=STAGE, config=config, model_state=state, step=checkpoint.step
-    )
+    return export_ema_checkpoint(source, destination, extra, STAGE)
 
 
 def load_sr(path: str | Path, device: str = "cpu", use_ema: bool = True):
