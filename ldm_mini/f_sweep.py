@@ -11,8 +11,8 @@ timed steps per f, all f back to back so that they see the same machine load), s
 is reproducible from the steps it records. Each run is scored by FD
 and KID of its samples against the test split, and by its sampling time.
 
-Everything is written under one folder and resumes: a rerun reuses finished runs and the steps
-recorded in ``sweep.json`` (delete the folder to measure again).
+Everything is written under one folder and resumes: a rerun reuses finished runs, the steps and
+the measurements recorded in ``sweep.json`` (delete the folder to measure again).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,7 +201,9 @@ def run_f_sweep(
     rows = []
     for f in sweep.factors:
         run = manifest["runs"][str(f)]
-        started = time.perf_counter()
+        if "result" in run:  # trained and measured by an earlier call
+            rows.append(run["result"])
+            continue
         if f == 1:
             first_stage = "identity"
             row: dict[str, Any] = {
@@ -238,8 +239,9 @@ def run_f_sweep(
             kid=score["kid"],
             kid_std=score["kid_std"],
             seconds_per_sample=score["seconds_per_sample"],
-            wall_seconds_this_call=time.perf_counter() - started,
         )
+        run["result"] = row
+        manifest_path.write_text(json.dumps(manifest, indent=1))
         rows.append(row)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     return rows

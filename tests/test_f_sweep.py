@@ -78,6 +78,7 @@ def test_a_tiny_sweep_measures_each_factor_and_resumes_without_training_again(tm
     assert not list(tmp_path.glob("calibration_*")), "the timing runs are removed"
     manifest = json.loads((tmp_path / "sweep.json").read_text())
     assert manifest["runs"]["2"]["steps"] == latent["steps"]
+    assert manifest["runs"]["2"]["result"] == latent  # measured once, reused by a rerun
     logs = {f: (tmp_path / f"ldm_f{f}" / "log.jsonl").read_text() for f in (1, 2)}
     again = run_f_sweep(tmp_path, sweep, progress=False)
     assert [row["steps"] for row in again] == [row["steps"] for row in rows]
