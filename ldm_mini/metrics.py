@@ -244,15 +244,19 @@ def _check_sets(real: Tensor, fake: Tensor) -> None:
             )
 
 
+def _extractor_input(batch: Tensor, name: str) -> Tensor:
+    """Images in [-1, 1] as the extractor ``name`` takes them: RGB; uint8 for Inception."""
+    if batch.shape[1] == 1:
+        batch = repeat(batch, "b 1 h w -> b c h w", c=3)
+    if name == "inception":
+        # torch-fidelity's Inception takes uint8 in [0, 255] (it resizes to 299 itself)
+        return (_to_unit_range(batch) * 255).round().to(torch.uint8)
+    return batch.float()
+
+
 def _feed(metric: nn.Module, images: Tensor, real: bool, name: str, batch_size: int) -> None:
     for batch in images.split(batch_size):
-        if batch.shape[1] == 1:
-            batch = repeat(batch, "b 1 h w -> b c h w", c=3)
-        if name == "inception":
-            # torch-fidelity's Inception takes uint8 in [0, 255] (it resizes to 299 itself)
-            metric.update((_to_unit_range(batch) * 255).round().to(torch.uint8), real=real)
-        else:
-            metric.update(batch.float(), real=real)
+        metric.update(_extractor_input(batch, name), real=real)
 
 
 def gaussian_frechet_distance(
@@ -403,11 +407,8 @@ def image_features(
     chunks = []
     with torch.no_grad():
         for batch in images.split(batch_size):
-            if batch.shape[1] == 1:
-                batch = repeat(batch, "b 1 h w -> b c h w", c=3)
-            if name == "inception":
-                batch = (_to_unit_range(batch) * 255).round().to(torch.uint8)
-            chunks.append(feature(batch).reshape(batch.shape[0], -1).double().cpu())
+            features = feature(_extractor_input(batch, name))
+            chunks.append(features.reshape(batch.shape[0], -1).double().cpu())
     return torch.cat(chunks), name
 
 
