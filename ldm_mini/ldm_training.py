@@ -119,7 +119,8 @@ class InitConfig(_Section):
 
     ``checkpoint``: an LDM checkpoint or run folder (None: random initialisation);
     ``weights``: "ema" (its EMA, what it samples with) or "raw". The optimizer, step count
-    and EMA start fresh; the U-Net config, first stage and scale factor must match.
+    and EMA start fresh; the U-Net config, first stage and scale factor must match (for a text
+    model with a jointly trained encoder also its settings and vocabulary: its weights load too).
     """
 
     checkpoint: str | None = None
@@ -530,14 +531,8 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
     latents_config: LatentsConfig = parsed["latents"]
     init: InitConfig = parsed["init"]
     init_scale = None
-    if init.checkpoint is not None and condition_encoder is not None:
-        raise ValueError(
-            "init.checkpoint (warm start) is implemented for class-conditional and "
-            "unconditional LDMs, not yet for text-conditional ones (their text encoder and "
-            "vocabulary would have to match too); leave init.checkpoint null."
-        )
     if init.checkpoint is not None:
-        init_scale = warm_start(unet, init, first_stage_config)
+        init_scale = warm_start(unet, init, first_stage_config, condition_encoder, condition)
     cache = None
     if latents_config.cache and not data.hflip:
         start = time.perf_counter()
@@ -573,11 +568,18 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
     return stage, dataset, parsed["train"]
 
 
-def warm_start(unet: UNet, init: InitConfig, first_stage_config: dict[str, Any] | None) -> float:
-    """Load ``init.checkpoint``'s U-Net weights into ``unet``; returns its scale factor.
+def warm_start(
+    unet: UNet,
+    init: InitConfig,
+    first_stage_config: dict[str, Any] | None,
+    encoder: nn.Module | None = None,
+    condition: ConditionConfig | None = None,
+) -> float:
+    """Load ``init.checkpoint``'s U-Net weights into ``unet`` (and, for a text model with a
+    jointly trained encoder, its text encoder's into ``encoder``); returns its scale factor.
 
-    Refuses (ValueError) a checkpoint whose U-Net config or first stage differs from this
-    run's: its weights would then mean something else.
+    Refuses (ValueError) a checkpoint whose U-Net config, first stage, text encoder settings
+    or vocabulary differ from this run's: its weights would then mean something else.
     """
     source = load_checkpoint(resolve_first_stage_path(init.checkpoint), expected_stage=STAGE)
     theirs = UNetConfig.from_dict(source.config["model"]).to_dict()
@@ -606,10 +608,13 @@ def warm_start(unet: UNet, init: InitConfig, first_stage_config: dict[str, Any] 
             f"init.checkpoint {init.checkpoint} ships only its EMA weights; set init.weights=ema"
         )
     else:
-        weights = {
-            k[len("unet.") :]: v for k, v in source.model_state.items() if k.startswith("unet.")
-        }
-    unet.load_state_dict(weights)
+        weights = {k: v for k, v in source.model_state.items() if not k.startswith("first_stage.")}
+    if not any(k.startswith("unet.") for k in weights):  # a U-Net-only EMA: no prefix
+        weights = {f"unet.{k}": v for k, v in weights.items()}
+    unet.load_state_dict(_with_prefix(weights, "unet."))
+    if isinstance(encoder, TextEncoder):  # trained jointly: its weights and vocabulary too
+        _check_same_text_encoder(source.config, encoder, condition, init.checkpoint)
+        encoder.load_state_dict(_with_prefix(weights, "condition_encoder."))
     log.info(
         "U-Net initialised from %s (%s weights, step %d)",
         init.checkpoint,
@@ -687,6 +692,44 @@ def export_ema_checkpoint(
     )
 
 
+def _with_prefix(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of ``weights`` under ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def _check_same_text_encoder(
+    source_config: dict[str, Any],
+    encoder: TextEncoder,
+    condition: ConditionConfig | None,
+    checkpoint: str,
+) -> None:
+    """A warm start of a jointly trained text encoder needs the same encoder settings and the
+    same vocabulary (token ids index its embedding table)."""
+    theirs = source_config.get("condition", {})
+    if theirs.get("kind") != "text" or theirs.get("text_encoder", "trained") != "trained":
+        raise ValueError(
+            f"init.checkpoint {checkpoint} has no jointly trained text encoder "
+            f"(condition {theirs.get('kind')!r}, {theirs.get('text_encoder')!r})"
+        )
+    keys = ("text_dim", "text_depth", "text_heads", "max_length")
+    ours = {} if condition is None else {k: getattr(condition, k) for k in keys}
+    different = [k for k in ours if theirs.get(k) != ours[k]]
+    if different:
+        raise ValueError(
+            f"init.checkpoint {checkpoint} has another text encoder: "
+            + ", ".join(f"{k} {theirs.get(k)!r} there vs {ours[k]!r} here" for k in different)
+        )
+    their_words = (source_config.get("tokenizer") or {}).get("vocabulary")
+    our_words = encoder.tokenizer.to_dict()["vocabulary"]
+    if their_words != our_words:
+        missing = sorted(set(our_words) - set(their_words or []))[:5]
+        raise ValueError(
+            f"init.checkpoint {checkpoint} has another vocabulary ({len(their_words or [])} vs "
+            f"{len(our_words)} words; here but not there: {missing}); warm starts of a text "
+            "model need the same training captions' words."
+        )
+
+
 def load_ldm(path: str | Path, device: str = "cpu", use_ema: bool = True):
     """Load an LDM checkpoint (EMA weights of the U-Net by default); returns (ldm, config)."""
     checkpoint = load_checkpoint(path, expected_stage=STAGE)
@@ -719,9 +762,7 @@ def load_ldm(path: str | Path, device: str = "cpu", use_ema: bool = True):
     for name, module in parts.items():
         prefix = f"{name}."
         try:
-            module.load_state_dict(
-                {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-            )
+            module.load_state_dict(_with_prefix(weights, prefix))
         except RuntimeError as err:
             raise CheckpointError(
                 f"the {name} weights in {path} do not fit its config: {err}"

@@ -130,7 +130,7 @@ def test_bad_prompts_are_clear(trained: Path):
         ldm.training_loss(torch.zeros(2, 8, 8, 8), captions=["a red circle"])
 
 
-def test_text_needs_captions_and_refuses_warm_starts(trained: Path, tmp_path: Path):
+def test_text_needs_captions_and_checks_its_settings(trained: Path, tmp_path: Path):
     from PIL import Image
 
     folder = tmp_path / "uncaptioned"
@@ -139,8 +139,6 @@ def test_text_needs_captions_and_refuses_warm_starts(trained: Path, tmp_path: Pa
         Image.new("RGB", (32, 32), (40 * index, 0, 0)).save(folder / f"{index}.png")
     with pytest.raises(ValueError, match="has no captions"):
         make_stage(text_config(**{"data.dataset": str(folder), "data.limit": None}))
-    with pytest.raises(ValueError, match="not yet for text-conditional"):
-        make_stage(text_config(**{"init.checkpoint": str(trained)}))
     with pytest.raises(ValueError, match="unknown_words must be one of"):
         make_stage(text_config(**{"condition.unknown_words": "ignore"}))
 
@@ -164,3 +162,28 @@ def test_the_readme_text_setup_v_prediction_with_attention_at_both_levels(tmp_pa
     abar = ldm.schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
     expected_v = abar.sqrt() * noise - (1 - abar).sqrt() * z0
     torch.testing.assert_close(ldm.schedule.target(z0, noise, t), expected_v)
+
+
+def test_a_text_warm_start_loads_the_unet_and_the_encoder_and_refuses_other_words(
+    trained: Path, tmp_path: Path
+):
+    source, _ = load_ldm(trained)  # the EMA weights of both parts
+    stage, _, _ = make_stage(text_config(**{"init.checkpoint": str(trained)}))
+    for part in ("unet", "condition_encoder"):
+        ours = getattr(stage.ldm, part).state_dict()
+        for name, tensor in getattr(source, part).state_dict().items():
+            assert torch.equal(ours[name], tensor), f"{part}.{name}"
+    fresh, _, _ = make_stage(text_config())
+    assert not torch.equal(
+        fresh.ldm.condition_encoder.state_dict()["token_embedding.weight"],
+        source.condition_encoder.state_dict()["token_embedding.weight"],
+    )
+    # training goes on from there
+    train_ldm(text_config(**{"init.checkpoint": str(trained), "train.steps": 2}),
+              tmp_path / "warm", progress=False)  # fmt: skip
+    assert load_checkpoint(tmp_path / "warm").config["init"]["checkpoint"] == str(trained)
+    # another vocabulary (other captions) or other encoder settings would mean other weights
+    with pytest.raises(ValueError, match="another vocabulary"):
+        make_stage(text_config(**{"init.checkpoint": str(trained), "data.dataset": "emoji"}))
+    with pytest.raises(ValueError, match="another text encoder: text_depth 1 there vs 2 here"):
+        make_stage(text_config(**{"init.checkpoint": str(trained), "condition.text_depth": 2}))
