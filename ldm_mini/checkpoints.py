@@ -80,11 +80,14 @@ def save_checkpoint(
     ema_state: dict[str, torch.Tensor] | None = None,
     trainer_state: dict[str, Any] | None = None,
     step: int = 0,
+    half: bool = False,
 ) -> Path:
     """Write a checkpoint folder atomically; returns its path.
 
     ``config`` is the stage's JSON-serialisable description (model config, data, ...);
     ``stage``, ``step``, the format and library versions and the files' sha256 are added.
+    ``half`` stores floating-point weights as float16 (half the size, for shipped checkpoints;
+    recorded as ``weights_dtype``, and :func:`load_checkpoint` returns them as float32).
     """
     from safetensors.torch import save_file
 
@@ -96,7 +99,10 @@ def save_checkpoint(
         if ema_state is not None:
             files[EMA_NAME] = ema_state
         for name, state in files.items():
-            save_file(_plain_state(state), str(tmp / name), metadata={"stage": stage})
+            state = _plain_state(state)
+            if half:
+                state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+            save_file(state, str(tmp / name), metadata={"stage": stage})
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_NAME)
         full_config = {
@@ -106,6 +112,7 @@ def save_checkpoint(
             "library_version": __version__,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **config,
+            **({"weights_dtype": "float16"} if half else {}),
             "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())},
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(full_config, indent=2) + "\n", encoding="utf-8")
@@ -259,7 +266,59 @@ def load_checkpoint(
         )
     except (SafetensorError, RuntimeError, OSError, EOFError) as err:
         raise CheckpointError(f"Cannot read the checkpoint in {directory}: {err}") from err
+    if config.get("weights_dtype") == "float16":  # stored in half (shipped): compute in float32
+        model_state = _as_float32(model_state)
+        ema_state = None if ema_state is None else _as_float32(ema_state)
     return Checkpoint(directory, config, model_state, ema_state, trainer_state)
+
+
+def _as_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def weights_sha256s(config: dict[str, Any]) -> set[str]:
+    """The sha256s that name this checkpoint's weights: its model file's, and for weights
+    re-stored in half by :func:`store_in_half`, the file's they were rounded from (runs that
+    refer to the older file by sha256 keep loading)."""
+    return {config["files"][MODEL_NAME], *config.get("stored_from_sha256", [])}
+
+
+def store_in_half(path: str | Path) -> Path:
+    """Rewrite a checkpoint without trainer state with its weights in float16 (shipped
+    checkpoints: half the size); its config keeps the sha256 of the weights it replaces, and
+    the folder's other files (card, figures) stay."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.trainer_state is not None or TRAINER_NAME in checkpoint.config.get("files", {}):
+        raise CheckpointError(f"{path} can be resumed; store only exported checkpoints in half")
+    if checkpoint.config.get("weights_dtype") == "float16":
+        return checkpoint.path
+    config = {
+        k: v
+        for k, v in checkpoint.config.items()
+        if k not in ("stage", "step", "format_version", "library_version", "saved_at", "files")
+    }
+    config["stored_from_sha256"] = sorted(weights_sha256s(checkpoint.config))
+    directory = checkpoint.path
+    staged = directory.parent / f".{directory.name}.half-{os.getpid()}-{time.time_ns()}"
+    try:
+        save_checkpoint(
+            staged,
+            stage=checkpoint.stage,
+            config=config,
+            model_state=checkpoint.model_state,
+            ema_state=checkpoint.ema_state,
+            step=checkpoint.step,
+            half=True,
+        )
+        for other in directory.iterdir():
+            if not (staged / other.name).exists():
+                copy = shutil.copytree if other.is_dir() else shutil.copy2
+                copy(other, staged / other.name)
+        _swap_into_place(staged, directory)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return directory
 
 
 def export_checkpoint(

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldm_mini.checkpoints import CheckpointError, load_checkpoint
+from ldm_mini.checkpoints import CheckpointError, load_checkpoint, weights_sha256s
 from ldm_mini.conditioning import UNKNOWN_POLICIES, TextEncoder, WordTokenizer
 from ldm_mini.diffusion import NoiseSchedule
 from ldm_mini.first_stage import DataConfig, build_dataset, load_autoencoder
@@ -36,7 +36,6 @@ from ldm_mini.train import TrainConfig, Trainer, TrainingStage, config_from_dict
 from ldm_mini.unet import UNet, UNetConfig
 
 STAGE = "ldm"
-MODEL_FILE = "model.safetensors"
 CONDITIONS = ("none", "class", "text")
 TEXT_ENCODERS = ("trained", "minilm")
 log = logging.getLogger("ldm_mini.ldm_training")
@@ -590,8 +589,12 @@ def warm_start(
             f"init.checkpoint {init.checkpoint} has another U-Net: "
             + ", ".join(f"{k} {theirs.get(k)!r} there vs {ours[k]!r} here" for k in different)
         )
-    ours_sha = None if first_stage_config is None else first_stage_config["files"][MODEL_FILE]
-    if source.config["first_stage"].get("model_sha256") != ours_sha:
+    theirs = source.config["first_stage"].get("model_sha256")
+    if first_stage_config is None:
+        same_first_stage = theirs is None
+    else:
+        same_first_stage = theirs in weights_sha256s(first_stage_config)
+    if not same_first_stage:
         raise ValueError(
             f"init.checkpoint {init.checkpoint} was trained on another first stage "
             f"({source.config['first_stage']['checkpoint']}); warm starts need the same one."
@@ -647,7 +650,7 @@ def _referenced_first_stage_state(first: dict[str, Any], path: str | Path) -> di
             f"{path} stores its first stage by reference to {first['checkpoint']}, which "
             f"cannot be loaded: {err}"
         ) from err
-    if autoencoder.config["files"]["model.safetensors"] != first.get("model_sha256"):
+    if first.get("model_sha256") not in weights_sha256s(autoencoder.config):
         raise CheckpointError(
             f"{path} was trained on another autoencoder than the one now in {source} (the "
             "sha256 of its weights differs); restore that autoencoder or retrain the LDM."

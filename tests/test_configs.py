@@ -12,6 +12,8 @@ from ldm_mini.checkpoints import (
     export_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    store_in_half,
+    weights_sha256s,
 )
 from ldm_mini.configs import PRESETS, apply_overrides, available_presets, load_preset
 from ldm_mini.first_stage import parse_config
@@ -67,3 +69,31 @@ def test_export_drops_the_trainer_state_and_adds_metadata(tmp_path: Path):
     assert not (tmp_path / "ship" / "trainer_state.pt").exists()
     with pytest.raises(CheckpointError, match="cannot be resumed"):
         load_checkpoint(tmp_path / "ship", with_trainer_state=True)
+
+
+def test_half_storage_halves_the_files_and_loads_float32_rounded_weights(tmp_path: Path):
+    state = {"w": torch.randn(64, 64), "steps": torch.tensor([3, 4])}
+    ema = {"w": torch.randn(64, 64)}
+    save_checkpoint(tmp_path / "run", stage="autoencoder", config={"model": {"f": 4}},
+                    model_state=state, ema_state=ema, trainer_state={"step": 9}, step=9)  # fmt: skip
+    with pytest.raises(CheckpointError, match="can be resumed"):
+        store_in_half(tmp_path / "run")
+    export_checkpoint(tmp_path / "run", tmp_path / "ship")
+    before = load_checkpoint(tmp_path / "ship").config
+    size = (tmp_path / "ship" / "model.safetensors").stat().st_size
+    (tmp_path / "ship" / "README.md").write_text("the card")
+    store_in_half(tmp_path / "ship")
+    assert (tmp_path / "ship" / "README.md").read_text() == "the card"  # the card stays
+    halved = load_checkpoint(tmp_path / "ship", expected_stage="autoencoder")
+    assert halved.config["weights_dtype"] == "float16" and halved.step == 9
+    assert (tmp_path / "ship" / "model.safetensors").stat().st_size < 0.6 * size
+    assert halved.model_state["w"].dtype == torch.float32  # computed in float32
+    assert torch.equal(halved.model_state["w"], state["w"].half().float())
+    assert torch.equal(halved.ema_state["w"], ema["w"].half().float())
+    assert torch.equal(halved.model_state["steps"], state["steps"])  # integers untouched
+    assert not torch.equal(halved.model_state["w"], state["w"])  # it did round
+    # runs that name the float32 file by its sha256 still find these weights
+    assert before["files"]["model.safetensors"] in weights_sha256s(halved.config)
+    assert halved.config["files"]["model.safetensors"] in weights_sha256s(halved.config)
+    store_in_half(tmp_path / "ship")  # a second time changes nothing
+    assert load_checkpoint(tmp_path / "ship").config["files"] == halved.config["files"]

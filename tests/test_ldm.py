@@ -346,6 +346,23 @@ def test_shipped_export_refers_to_the_autoencoder_by_sha256(tmp_path: Path, monk
     assert config["shipped_weights"] == "ema" and config["note"] == "test"
     for name, tensor in ema.state_dict().items():
         assert torch.equal(tensor, again.state_dict()[name]), name
+    # the referenced autoencoder stored in half still counts as the same weights
+    from ldm_mini.checkpoints import store_in_half
+
+    half_data = tmp_path / "half_data"
+    shutil.copytree(
+        data_dir() / "checkpoints" / "fashion_mnist_kl_f4",
+        half_data / "checkpoints" / "fashion_mnist_kl_f4",
+    )
+    store_in_half(half_data / "checkpoints" / "fashion_mnist_kl_f4")
+    with monkeypatch.context() as patch:
+        patch.setattr("ldm_mini.data.bundled.data_dir", lambda: half_data)
+        halved, _ = load_ldm(shipped)
+        images = torch.tanh(torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+        with torch.no_grad():
+            ours, theirs = halved.encode(images), again.encode(images)
+        assert (ours - theirs).abs().max() < 1e-2 * theirs.abs().max()
+        assert not torch.equal(ours, theirs)  # the weights were rounded
     # a different autoencoder in the referenced folder is refused
     fake_data = tmp_path / "data"
     shutil.copytree(
