@@ -35,6 +35,10 @@ CONFIG_NAME = "config.json"
 MODEL_NAME = "model.safetensors"
 EMA_NAME = "ema.safetensors"
 TRAINER_NAME = "trainer_state.pt"
+# what save_checkpoint adds to a stage's config
+ADDED_FIELDS = (
+    "stage", "step", "format_version", "library_version", "saved_at", "weights_dtype", "files"
+)  # fmt: skip
 
 
 class CheckpointError(RuntimeError):
@@ -283,33 +287,25 @@ def weights_sha256s(config: dict[str, Any]) -> set[str]:
     return {config["files"][MODEL_NAME], *config.get("stored_from_sha256", [])}
 
 
+def saved_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config without the fields :func:`save_checkpoint` adds (to save again)."""
+    return {k: v for k, v in config.items() if k not in ADDED_FIELDS}
+
+
 def store_in_half(path: str | Path) -> Path:
     """Rewrite a checkpoint without trainer state with its weights in float16 (shipped
     checkpoints: half the size); its config keeps the sha256 of the weights it replaces, and
     the folder's other files (card, figures) stay."""
     checkpoint = load_checkpoint(path)
-    if checkpoint.trainer_state is not None or TRAINER_NAME in checkpoint.config.get("files", {}):
+    if TRAINER_NAME in checkpoint.config.get("files", {}):
         raise CheckpointError(f"{path} can be resumed; store only exported checkpoints in half")
     if checkpoint.config.get("weights_dtype") == "float16":
         return checkpoint.path
-    config = {
-        k: v
-        for k, v in checkpoint.config.items()
-        if k not in ("stage", "step", "format_version", "library_version", "saved_at", "files")
-    }
-    config["stored_from_sha256"] = sorted(weights_sha256s(checkpoint.config))
     directory = checkpoint.path
     staged = directory.parent / f".{directory.name}.half-{os.getpid()}-{time.time_ns()}"
     try:
-        save_checkpoint(
-            staged,
-            stage=checkpoint.stage,
-            config=config,
-            model_state=checkpoint.model_state,
-            ema_state=checkpoint.ema_state,
-            step=checkpoint.step,
-            half=True,
-        )
+        stored_from = {"stored_from_sha256": sorted(weights_sha256s(checkpoint.config))}
+        export_checkpoint(directory, staged, stored_from, half=True)
         for other in directory.iterdir():
             if not (staged / other.name).exists():
                 copy = shutil.copytree if other.is_dir() else shutil.copy2
@@ -322,25 +318,24 @@ def store_in_half(path: str | Path) -> Path:
 
 
 def export_checkpoint(
-    source: str | Path, destination: str | Path, extra_config: dict[str, Any] | None = None
+    source: str | Path,
+    destination: str | Path,
+    extra_config: dict[str, Any] | None = None,
+    half: bool = False,
 ) -> Path:
     """Copy a checkpoint's weights (and EMA) without its trainer state: what ships.
 
     ``extra_config`` entries (e.g. measured metrics, the command that trained it) are added
-    to ``config.json``. The result loads like any checkpoint but cannot be resumed.
+    to ``config.json``; ``half`` stores the weights in float16. The result loads like any
+    checkpoint but cannot be resumed.
     """
     checkpoint = load_checkpoint(source)
-    config = {
-        k: v
-        for k, v in checkpoint.config.items()
-        if k not in ("stage", "step", "format_version", "library_version", "saved_at", "files")
-    }
-    config.update(extra_config or {})
     return save_checkpoint(
         destination,
         stage=checkpoint.stage,
-        config=config,
+        config={**saved_config(checkpoint.config), **(extra_config or {})},
         model_state=checkpoint.model_state,
         ema_state=checkpoint.ema_state,
         step=checkpoint.step,
+        half=half,
     )

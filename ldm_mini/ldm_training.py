@@ -27,7 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldm_mini.checkpoints import CheckpointError, load_checkpoint, weights_sha256s
+from ldm_mini.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    saved_config,
+    weights_sha256s,
+)
 from ldm_mini.conditioning import UNKNOWN_POLICIES, TextEncoder, WordTokenizer
 from ldm_mini.diffusion import NoiseSchedule
 from ldm_mini.first_stage import DataConfig, build_dataset, load_autoencoder
@@ -673,11 +678,7 @@ def export_ema_checkpoint(
     from ldm_mini.checkpoints import save_checkpoint
 
     checkpoint = load_checkpoint(source, expected_stage=stage)
-    config = {
-        k: v
-        for k, v in checkpoint.config.items()
-        if k not in ("stage", "step", "format_version", "library_version", "saved_at", "files")
-    }
+    config = saved_config(checkpoint.config)
     if checkpoint.ema_state is None:
         raise CheckpointError(f"{source} has no EMA weights to ship")
     ema = {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
