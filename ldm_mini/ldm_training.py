@@ -594,11 +594,11 @@ def warm_start(
             f"init.checkpoint {init.checkpoint} has another U-Net: "
             + ", ".join(f"{k} {theirs.get(k)!r} there vs {ours[k]!r} here" for k in different)
         )
-    theirs = source.config["first_stage"].get("model_sha256")
+    their_first_stage = source.config["first_stage"].get("model_sha256")
     if first_stage_config is None:
-        same_first_stage = theirs is None
+        same_first_stage = their_first_stage is None
     else:
-        same_first_stage = theirs in weights_sha256s(first_stage_config)
+        same_first_stage = their_first_stage in weights_sha256s(first_stage_config)
     if not same_first_stage:
         raise ValueError(
             f"init.checkpoint {init.checkpoint} was trained on another first stage "
@@ -617,10 +617,10 @@ def warm_start(
         )
     else:
         weights = {k: v for k, v in source.model_state.items() if not k.startswith("first_stage.")}
-    if not any(k.startswith("unet.") for k in weights):  # a U-Net-only EMA: no prefix
-        weights = {f"unet.{k}": v for k, v in weights.items()}
+    weights = _module_names(weights)
     unet.load_state_dict(_with_prefix(weights, "unet."))
     if isinstance(encoder, TextEncoder):  # trained jointly: its weights and vocabulary too
+        assert condition is not None, "a text encoder warm start needs the condition config"
         _check_same_text_encoder(source.config, encoder, condition, init.checkpoint)
         encoder.load_state_dict(_with_prefix(weights, "condition_encoder."))
     log.info(
@@ -696,6 +696,14 @@ def export_ema_checkpoint(
     )
 
 
+def _module_names(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Weights named ``unet.*`` (and ``condition_encoder.*``): a U-Net-only EMA stores the
+    U-Net's names without the prefix."""
+    if any(k.startswith("unet.") for k in weights):
+        return weights
+    return {f"unet.{k}": v for k, v in weights.items()}
+
+
 def _with_prefix(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """The entries of ``weights`` under ``prefix``, with the prefix removed."""
     return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
@@ -704,7 +712,7 @@ def _with_prefix(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 def _check_same_text_encoder(
     source_config: dict[str, Any],
     encoder: TextEncoder,
-    condition: ConditionConfig | None,
+    condition: ConditionConfig,
     checkpoint: str,
 ) -> None:
     """A warm start of a jointly trained text encoder needs the same encoder settings and the
@@ -716,7 +724,7 @@ def _check_same_text_encoder(
             f"(condition {theirs.get('kind')!r}, {theirs.get('text_encoder')!r})"
         )
     keys = ("text_dim", "text_depth", "text_heads", "max_length")
-    ours = {} if condition is None else {k: getattr(condition, k) for k in keys}
+    ours = {k: getattr(condition, k) for k in keys}
     different = [k for k in ours if theirs.get(k) != ours[k]]
     if different:
         raise ValueError(
@@ -753,9 +761,9 @@ def load_ldm(path: str | Path, device: str = "cpu", use_ema: bool = True):
         else:
             encoder = build_text_encoder(condition, WordTokenizer.from_dict(config["tokenizer"]))
     if use_ema and checkpoint.ema_state is not None:
-        weights = {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
-        if encoder is None:  # a U-Net-only EMA: its names have no prefix
-            weights = {f"unet.{k}": v for k, v in weights.items()}
+        weights = _module_names(
+            {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
+        )
     else:
         if use_ema and config.get("shipped_weights") != "ema":
             log.warning("%s has no EMA weights; using the raw U-Net weights", path)
