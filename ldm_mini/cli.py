@@ -113,8 +113,17 @@ def _cmd_train_autoencoder(args: argparse.Namespace) -> int:
         "model.kind": args.kind,
         "model.f": args.f,
         "model.latent_channels": args.latent_channels,
+        "init.checkpoint": args.init_from,
+        "init.trainable": "decoder" if args.decoder_only else None,
         **_engine_flags(args),
     }
+    if args.init_from and any(v is not None for v in (args.kind, args.f, args.latent_channels)):
+        raise ValueError(
+            "--init-from takes the architecture from that checkpoint; drop --kind, --f and "
+            "--latent-channels"
+        )
+    if args.decoder_only and not args.init_from:
+        raise ValueError("--decoder-only needs --init-from CHECKPOINT (the encoder to keep)")
     return _run_training(args, load_preset("autoencoder", args.preset), flags, train_autoencoder)
 
 
@@ -156,6 +165,7 @@ def _cmd_train_sr(args: argparse.Namespace) -> int:
         "data.dataset": args.dataset,
         "data.degradation": args.degradation,
         "objective.kind": args.objective,
+        "init.checkpoint": args.init_from,
         **_engine_flags(args),
     }
     return _run_training(args, load_sr_preset(args.preset), flags, train_sr)
@@ -346,7 +356,7 @@ def _cmd_evaluate_sr(args: argparse.Namespace) -> int:
     for method in [k for k in result if k != "settings"]:
         values = result[method]
         print(
-            f"{method:12s} PSNR {values['psnr']:6.2f} dB  SSIM {values['ssim']:.4f}  "
+            f"{method:14s} PSNR {values['psnr']:6.2f} dB  SSIM {values['ssim']:.4f}  "
             f"perceptual {values['perceptual']:.4f}  {values['fd_label']} {values['fd']:.1f}"
         )
     return 0
@@ -409,6 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     train_ae.add_argument("--kind", choices=["kl", "vq"], help="regularization")
     train_ae.add_argument("--f", type=int, choices=[1, 2, 4, 8], help="downsampling factor")
     train_ae.add_argument("--latent-channels", type=int, help="latent channels c")
+    train_ae.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start from this autoencoder (folder or shipped:NAME) and its architecture",
+    )
+    train_ae.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="with --init-from: train only the decoder; the encoder stays frozen, so the latents "
+        "(and diffusion models trained on them) stay valid",
+    )
     _add_engine_arguments(train_ae, "loss.disc_start=2000")
     train_ae.set_defaults(func=_cmd_train_autoencoder)
 
@@ -472,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--objective",
         choices=["diffusion", "regression"],
         help="diffusion (LDM-SR, default) or regression (the baseline: the same U-Net, one pass)",
+    )
+    train_sr.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="warm start: begin from this SR checkpoint's (EMA) U-Net (same U-Net, objective and "
+        "latents, e.g. shipped:photos_ldm_sr), fresh optimizer",
     )
     _add_engine_arguments(train_sr, "optim.lr=1e-4")
     train_sr.set_defaults(func=_cmd_train_sr)

@@ -4,11 +4,17 @@ Puts together :mod:`ldm_mini.autoencoder` (the model), :mod:`ldm_mini.losses` (L
 perceptual + patch-GAN + KL/VQ terms) and the one training engine :mod:`ldm_mini.train`.
 ``ldm-mini train-autoencoder`` and ``ldm-mini evaluate autoencoder`` call into here.
 Taught in notebooks 01_perceptual_autoencoder and 02_vector_quantization.
+
+A run can start from a trained autoencoder (``init.checkpoint``) and train only its decoder
+(``init.trainable = "decoder"``): the parts that compute the latent stay frozen, so every
+latent, and every diffusion model trained on them, stays valid while the reconstructions get
+better (Stable Diffusion's "ft-MSE" decoder was made this way; notebook 08 uses it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,12 +24,15 @@ from typing import Any
 import torch
 
 from ldm_mini.autoencoder import AutoencoderConfig, build_autoencoder
-from ldm_mini.checkpoints import load_checkpoint
+from ldm_mini.checkpoints import load_checkpoint, resolve_checkpoint_dir, weights_sha256s
 from ldm_mini.losses import AutoencoderLoss, AutoencoderLossConfig
 from ldm_mini.train import TrainConfig, Trainer, TrainingStage, config_from_dict
 
 STAGE = "autoencoder"
 log = logging.getLogger("ldm_mini.first_stage")
+# the modules that compute the latent z from x (the rest, post_quant_conv and decoder, decode)
+LATENT_PARTS = ("encoder", "quant_conv", "quantizer")
+TRAINABLE = ("all", "decoder")
 
 
 @dataclass
@@ -42,6 +51,8 @@ class DataConfig:
     # None: one item per image, brought to image_size by `resize`; N: N random crops of
     # image_size x image_size per image and epoch at native resolution (a few large photos)
     crops_per_image: int | None = None
+    # random channel order and saturation per item (RGB only; ldm_mini.data.tensors.colour_jitter)
+    jitter_colours: bool = False
 
     def __post_init__(self) -> None:
         if self.crops_per_image is not None and (
@@ -73,9 +84,55 @@ class OptimConfig:
         return values
 
 
+@dataclass
+class InitConfig:
+    """Where the weights start: random (``checkpoint`` None) or a trained autoencoder.
+
+    ``checkpoint``: a checkpoint or run folder, or ``shipped:NAME``; its architecture replaces
+    the ``model`` section. ``trainable``: ``all``, or ``decoder`` to freeze the parts that
+    compute the latent (:data:`LATENT_PARTS`), which keeps every latent bit for bit.
+    """
+
+    checkpoint: str | None = None
+    trainable: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"init.trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        if self.trainable == "decoder" and self.checkpoint is None:
+            raise ValueError(
+                "init.trainable='decoder' needs init.checkpoint (a trained autoencoder whose "
+                "encoder to keep); a random encoder would make random latents"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def latent_parts_sha256(model: torch.nn.Module) -> str:
+    """sha256 of the weights that compute the latent (:data:`LATENT_PARTS`, as float32 bytes):
+    two autoencoders with the same value encode every image to the same latent."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.split(".", 1)[0] in LATENT_PARTS:
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def freeze_latent_parts(model: torch.nn.Module) -> list[str]:
+    """Stop gradients into the modules that compute the latent; returns their names."""
+    frozen = []
+    for name, module in model.named_children():
+        if name in LATENT_PARTS:
+            module.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 def parse_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate a full autoencoder config dict into its dataclasses."""
-    allowed = {"description", "data", "model", "loss", "optim", "train"}
+    allowed = {"description", "data", "model", "loss", "optim", "train", "init"}
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise ValueError(f"unknown config section(s) {unknown}; sections: {sorted(allowed)}")
@@ -89,6 +146,7 @@ def parse_config(config: dict[str, Any]) -> dict[str, Any]:
         "loss": AutoencoderLossConfig.from_dict(config.get("loss", {})),
         "optim": config_from_dict(OptimConfig, optim_values, "optim"),
         "train": TrainConfig.from_dict(config.get("train", {})),
+        "init": config_from_dict(InitConfig, config.get("init") or {}, "init"),
     }
 
 
@@ -115,9 +173,16 @@ def build_dataset(data: DataConfig, seed: int = 0):
             hflip=data.hflip,
             seed=seed,
             repeat=data.crops_per_image,
+            jitter_colours=data.jitter_colours,
         )
     return TensorImageDataset(
-        hf_dataset, data.image_size, data.channels, data.resize, hflip=data.hflip, seed=seed
+        hf_dataset,
+        data.image_size,
+        data.channels,
+        data.resize,
+        hflip=data.hflip,
+        seed=seed,
+        jitter_colours=data.jitter_colours,
     )
 
 
@@ -132,6 +197,7 @@ class AutoencoderStage(TrainingStage):
         loss_config: AutoencoderLossConfig,
         optim: OptimConfig,
         data: DataConfig,
+        init: InitConfig | None = None,
     ) -> None:
         self.model_config, self.loss_config, self.optim, self.data = (
             model_config,
@@ -139,17 +205,36 @@ class AutoencoderStage(TrainingStage):
             optim,
             data,
         )
+        self.init = init or InitConfig()
         self.model = build_autoencoder(model_config)
+        self.init_record: dict[str, Any] = self.init.to_dict()
+        if self.init.checkpoint is not None:
+            self.init_record.update(self._load_init_weights(self.init.checkpoint))
+        self.frozen = freeze_latent_parts(self.model) if self.init.trainable == "decoder" else []
         self.loss_fn = AutoencoderLoss(loss_config, model_config.in_channels, model_config.kind)
         log.info("perceptual backbone: %s", self.loss_fn.perceptual_backbone_name)
         betas = tuple(optim.betas)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         self._optimizers = {
             "generator": torch.optim.Adam(
-                self.model.parameters(), optim.lr, betas=betas, weight_decay=optim.weight_decay
+                trainable, optim.lr, betas=betas, weight_decay=optim.weight_decay
             ),
             "discriminator": torch.optim.Adam(
                 self.loss_fn.discriminator.parameters(), optim.disc_lr, betas=betas
             ),
+        }
+
+    def _load_init_weights(self, source: str) -> dict[str, Any]:
+        checkpoint = load_checkpoint(resolve_checkpoint_dir(source), expected_stage=STAGE)
+        if checkpoint.config["model"] != self.model_config.to_dict():
+            raise ValueError(
+                f"init.checkpoint {source} has another architecture than this run's model "
+                "section; build the model from the checkpoint's config (make_stage does)"
+            )
+        self.model.load_state_dict(checkpoint.model_state)
+        return {  # what the start is known by: diffusion checkpoints refer to it by these
+            "model_sha256s": sorted(weights_sha256s(checkpoint.config)),
+            "latent_parts_sha256": latent_parts_sha256(self.model),
         }
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -171,6 +256,8 @@ class AutoencoderStage(TrainingStage):
     def loss(self, optimizer, batch, step, scratch):
         images = batch["image"]
         if optimizer == "generator":
+            for name in self.frozen:  # frozen parts compute the latent as at inference
+                getattr(self.model, name).eval()
             output = self.model(images)
             scratch["reconstruction"] = output.reconstruction
             loss, logged = self.loss_fn.generator_loss(
@@ -184,7 +271,7 @@ class AutoencoderStage(TrainingStage):
     @torch.no_grad()
     def after_step(self, batch, step, scratch) -> None:
         every = self.optim.vq_reseed_every
-        if self.model_config.kind == "vq" and every and step % every == 0:
+        if self.model_config.kind == "vq" and every and step % every == 0 and not self.frozen:
             latents = self.model.encode(batch["image"])
             self.model.quantizer.reseed_dead_codes(latents)
 
@@ -204,6 +291,7 @@ class AutoencoderStage(TrainingStage):
             "loss": self.loss_config.to_dict(),
             "optim": self.optim.to_dict(),
             "data": self.data.to_dict(),
+            "init": self.init_record,
             "perceptual_backbone": self.loss_fn.perceptual_backbone_name,
         }
 
@@ -215,7 +303,11 @@ def make_stage(config: dict[str, Any]) -> tuple[AutoencoderStage, Any, TrainConf
     """Build the stage, its dataset and the engine config from a full config dict."""
     parsed = parse_config(config)
     dataset = build_dataset(parsed["data"], seed=parsed["train"].seed)
+    init: InitConfig = parsed["init"]
     model_values = dict(parsed["model"])
+    if init.checkpoint is not None:  # the architecture is the starting checkpoint's
+        start = load_checkpoint(resolve_checkpoint_dir(init.checkpoint), expected_stage=STAGE)
+        model_values = dict(start.config["model"])
     model_values.setdefault("in_channels", dataset.channels)
     if model_values["in_channels"] != dataset.channels:
         raise ValueError(
@@ -224,7 +316,7 @@ def make_stage(config: dict[str, Any]) -> tuple[AutoencoderStage, Any, TrainConf
         )
     torch.manual_seed(parsed["train"].seed)  # the same initial weights for the same seed
     model_config = AutoencoderConfig.from_dict(model_values)
-    stage = AutoencoderStage(model_config, parsed["loss"], parsed["optim"], parsed["data"])
+    stage = AutoencoderStage(model_config, parsed["loss"], parsed["optim"], parsed["data"], init)
     return stage, dataset, parsed["train"]
 
 

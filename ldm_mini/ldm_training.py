@@ -656,11 +656,57 @@ def _referenced_first_stage_state(first: dict[str, Any], path: str | Path) -> di
             f"cannot be loaded: {err}"
         ) from err
     if first.get("model_sha256") not in weights_sha256s(autoencoder.config):
+        hint = ""
+        if (
+            first.get("model_sha256")
+            in (autoencoder.config.get("init") or {}).get("model_sha256s", [])
+            and autoencoder.config["init"].get("trainable") == "decoder"
+        ):
+            hint = (
+                f" The one in {source} is a decoder-only fine-tune of it (same latents): "
+                "ldm_mini.ldm_training.repoint_first_stage(checkpoint, autoencoder, destination) "
+                "writes a copy that decodes with it."
+            )
         raise CheckpointError(
             f"{path} was trained on another autoencoder than the one now in {source} (the "
-            "sha256 of its weights differs); restore that autoencoder or retrain the LDM."
+            "sha256 of its weights differs); restore that autoencoder or retrain the LDM." + hint
         )
     return autoencoder.model_state
+
+
+def repoint_first_stage(
+    source: str | Path,
+    autoencoder: str,
+    destination: str | Path,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Copy the diffusion checkpoint ``source`` (LDM or SR, first stage by reference) to
+    ``destination``, referring to ``autoencoder`` instead: a decoder-only fine-tune
+    (``init.trainable = "decoder"``) of the autoencoder it was trained on, so its latents are
+    the same and only the decoding changes. Anything else is refused. ``extra`` joins the
+    config (e.g. metrics measured with the new decoder)."""
+    from ldm_mini.checkpoints import export_checkpoint
+
+    checkpoint = load_checkpoint(source)
+    first = checkpoint.config.get("first_stage") or {}
+    if checkpoint.stage not in ("ldm", "sr") or first.get("model_sha256") is None:
+        raise CheckpointError(f"{source} is not a diffusion checkpoint with an autoencoder")
+    if any(k.startswith("first_stage.") for k in checkpoint.model_state):
+        raise CheckpointError(f"{source} stores its own first stage; there is nothing to repoint")
+    new = load_checkpoint(resolve_first_stage_path(autoencoder), expected_stage="autoencoder")
+    init = new.config.get("init") or {}
+    if init.get("trainable") != "decoder" or first["model_sha256"] not in init.get(
+        "model_sha256s", []
+    ):
+        raise CheckpointError(
+            f"{autoencoder} is not a decoder-only fine-tune of the autoencoder {source} was "
+            "trained on (its config's init records another start, or a trained encoder): its "
+            "latents may differ; retrain on it instead"
+        )
+    record = {**first, "checkpoint": autoencoder, "autoencoder": new.config,
+              "model_sha256": new.config["files"]["model.safetensors"]}  # fmt: skip
+    half = checkpoint.config.get("weights_dtype") == "float16"
+    return export_checkpoint(source, destination, {"first_stage": record, **(extra or {})}, half)
 
 
 def export_ldm(source: str | Path, destination: str | Path, extra: dict[str, Any]) -> Path:

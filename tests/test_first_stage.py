@@ -172,3 +172,68 @@ def test_a_nan_loss_stops_training_with_a_last_good_checkpoint(tmp_path: Path):
     with pytest.raises(TrainingDivergedError, match=r"at step \d+") as info:
         train_autoencoder(config, tmp_path, progress=False)
     assert (tmp_path / "last-good" / "model.safetensors").is_file(), str(info.value)
+
+
+def _encoder_outputs(path: Path, x: torch.Tensor):
+    model, _ = load_autoencoder(path)
+    with torch.no_grad():
+        return model.encode(x).mode() if model.config.kind == "kl" else model.encode(x)
+
+
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_decoder_only_fine_tuning_keeps_every_latent_and_changes_the_decoder(
+    tmp_path: Path, kind: str
+):
+    start = tmp_path / "start"
+    train_autoencoder(_tiny(**{"model.kind": kind, "train.steps": 3}), start, progress=False)
+    tuned = tmp_path / "tuned"
+    config = _tiny(**{"init.checkpoint": str(start), "init.trainable": "decoder",
+                      "model.f": 2, "train.steps": 4})  # fmt: skip
+    train_autoencoder(config, tuned, progress=False)
+    saved = json.loads((tuned / "checkpoint" / "config.json").read_text())
+    # the architecture is the starting checkpoint's (the preset's model.f=2 is not used)
+    assert saved["model"]["f"] == 4 and saved["model"]["kind"] == kind
+    first, second = load_autoencoder(start)[0], load_autoencoder(tuned)[0]
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(_encoder_outputs(start, x), _encoder_outputs(tuned, x))
+    from ldm_mini.first_stage import latent_parts_sha256
+
+    assert latent_parts_sha256(first) == latent_parts_sha256(second)
+    assert saved["init"]["latent_parts_sha256"] == latent_parts_sha256(second)
+    assert saved["init"]["model_sha256s"] == [
+        json.loads((start / "checkpoint" / "config.json").read_text())["files"]["model.safetensors"]
+    ]
+    decoder_changed = [
+        name for name, value in second.decoder.state_dict().items()
+        if not torch.equal(value, first.decoder.state_dict()[name])
+    ]  # fmt: skip
+    assert decoder_changed, "the decoder did not train"
+
+
+def test_full_fine_tuning_changes_the_encoder_and_the_checks_reject_it(tmp_path: Path):
+    from ldm_mini.first_stage import latent_parts_sha256
+
+    start = tmp_path / "start"
+    train_autoencoder(_tiny(**{"train.steps": 3}), start, progress=False)
+    tuned = tmp_path / "tuned"
+    train_autoencoder(
+        _tiny(**{"init.checkpoint": str(start), "train.steps": 3}), tuned, progress=False
+    )
+    assert latent_parts_sha256(load_autoencoder(start)[0]) != latent_parts_sha256(
+        load_autoencoder(tuned)[0]
+    )
+
+
+def test_decoder_only_needs_a_checkpoint_and_the_cli_refuses_other_architectures(
+    tmp_path: Path, capsys
+):
+    with pytest.raises(ValueError, match="needs init.checkpoint"):
+        make_stage(_tiny(**{"init.trainable": "decoder"}))
+    with pytest.raises(ValueError, match="init.trainable must be one of"):
+        make_stage(_tiny(**{"init.trainable": "encoder"}))
+    assert main(["train-autoencoder", "--preset", "tiny", "--out", str(tmp_path / "a"),
+                 "--decoder-only"]) == 2  # fmt: skip
+    assert "--decoder-only needs --init-from" in capsys.readouterr().err
+    assert main(["train-autoencoder", "--preset", "tiny", "--out", str(tmp_path / "b"),
+                 "--init-from", "shipped:fashion_mnist_kl_f4", "--f", "8"]) == 2  # fmt: skip
+    assert "--init-from takes the architecture" in capsys.readouterr().err

@@ -161,3 +161,113 @@ def test_evaluate_sr_scores_every_method_on_the_same_crops(diffusion_run: Path, 
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"ldm_sr", "bicubic", "settings"}
+
+
+def test_evaluate_sr_scores_the_first_stage_ceiling_of_a_latent_model(tmp_path: Path):
+    from ldm_mini import metrics
+    from ldm_mini.superres.evaluation import evaluate_sr, heldout_crops
+
+    run = tmp_path / "latent"
+    train_sr(sr_config(**{"first_stage.checkpoint": "shipped:emoji_kl_f4", "train.steps": 1}),
+             run, progress=False)  # fmt: skip
+    result = evaluate_sr(run, n=4, steps=2)
+    assert set(result) == {"ldm_sr", "bicubic", "reconstruction", "settings"}
+    ldm, config = load_sr(run)
+    real, _ = heldout_crops(config, 4)
+    with torch.no_grad():
+        again = ldm.decode(ldm.encode(real)).clamp(-1, 1)
+    assert result["reconstruction"]["psnr"] == pytest.approx(
+        float(metrics.psnr(real, again).mean()), rel=1e-5
+    )
+    assert result["reconstruction"]["psnr"] != pytest.approx(result["bicubic"]["psnr"])
+
+
+def test_warm_start_loads_the_unet_and_refuses_other_objectives_unets_and_latents(
+    diffusion_run: Path, tmp_path: Path
+):
+    from ldm_mini.superres.training import make_stage
+
+    ema = load_sr(diffusion_run)[0].unet.state_dict()
+    stage, _, _ = make_stage(sr_config(**{"init.checkpoint": str(diffusion_run)}))
+    assert all(torch.equal(v, ema[k]) for k, v in stage.ldm.unet.state_dict().items())
+    raw = load_sr(diffusion_run, use_ema=False)[0].unet.state_dict()
+    stage, _, _ = make_stage(
+        sr_config(**{"init.checkpoint": str(diffusion_run), "init.weights": "raw"})
+    )
+    assert all(torch.equal(v, raw[k]) for k, v in stage.ldm.unet.state_dict().items())
+    assert not all(torch.equal(v, ema[k]) for k, v in raw.items()), "EMA and raw differ"
+    # a warm-started run trains on and records where it started
+    out = tmp_path / "warm"
+    train_sr(sr_config(**{"init.checkpoint": str(diffusion_run), "train.steps": 2}), out,
+             progress=False)  # fmt: skip
+    assert load_checkpoint(out).config["init"]["checkpoint"] == str(diffusion_run)
+    with pytest.raises(ValueError, match="objective"):
+        make_stage(
+            sr_config(**{"init.checkpoint": str(diffusion_run), "objective.kind": "regression"})
+        )
+    with pytest.raises(ValueError, match="another U-Net"):
+        make_stage(sr_config(**{"init.checkpoint": str(diffusion_run), "model.base_channels": 8}))
+
+
+def _emoji_autoencoder_with_changed(part: str, folder: Path) -> Path:
+    """A copy of shipped:emoji_kl_f4 with the weights of ``part`` (encoder or decoder) moved."""
+    from ldm_mini.checkpoints import save_checkpoint, saved_config
+
+    start = load_checkpoint("shipped:emoji_kl_f4")
+    state = {
+        k: v + 0.01 if k.startswith(part + ".") and v.is_floating_point() else v
+        for k, v in start.model_state.items()
+    }
+    return save_checkpoint(folder, stage="autoencoder", config=saved_config(start.config),
+                           model_state=state)  # fmt: skip
+
+
+def test_warm_start_follows_the_encoder_not_the_decoder(tmp_path: Path):
+    from ldm_mini.superres.training import make_stage
+
+    start = tmp_path / "start"
+    train_sr(sr_config(**{"first_stage.checkpoint": "shipped:emoji_kl_f4", "train.steps": 2}),
+             start, progress=False)  # fmt: skip
+    new_decoder = _emoji_autoencoder_with_changed("decoder", tmp_path / "decoder")
+    stage, _, _ = make_stage(sr_config(**{"init.checkpoint": str(start),
+                                          "first_stage.checkpoint": str(new_decoder)}))  # fmt: skip
+    assert float(stage.ldm.scale_factor) == load_sr(start)[1]["scale_factor"]
+    new_encoder = _emoji_autoencoder_with_changed("encoder", tmp_path / "encoder")
+    with pytest.raises(ValueError, match="other latents"):
+        make_stage(sr_config(**{"init.checkpoint": str(start),
+                                "first_stage.checkpoint": str(new_encoder)}))  # fmt: skip
+
+
+def test_repointing_to_a_fine_tuned_decoder_keeps_the_unet_and_refuses_other_encoders(
+    tmp_path: Path,
+):
+    from ldm_mini.checkpoints import CheckpointError
+    from ldm_mini.configs import load_preset
+    from ldm_mini.first_stage import train_autoencoder
+    from ldm_mini.ldm_training import repoint_first_stage
+
+    run = tmp_path / "run"
+    train_sr(sr_config(**{"first_stage.checkpoint": "shipped:emoji_kl_f4", "train.steps": 2}),
+             run, progress=False)  # fmt: skip
+    shipped_like = export_sr(run, tmp_path / "export", {})  # refers to shipped:emoji_kl_f4
+    tuned = tmp_path / "decoder"
+    overrides = {"data.dataset": "emoji", "init.checkpoint": "shipped:emoji_kl_f4",
+                 "init.trainable": "decoder", "train.steps": 2}  # fmt: skip
+    train_autoencoder(
+        apply_overrides(load_preset("autoencoder", "tiny"),
+                        [f"{k}={json.dumps(v)}" for k, v in overrides.items()]),
+        tuned, progress=False,
+    )  # fmt: skip
+    moved = repoint_first_stage(shipped_like, str(tuned / "checkpoint"), tmp_path / "moved")
+    before, _ = load_sr(shipped_like)
+    after, config = load_sr(moved)
+    assert config["first_stage"]["checkpoint"] == str(tuned / "checkpoint")
+    kept = before.unet.state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in after.unet.state_dict().items())
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(before.encode(x), after.encode(x)), "the same latents"
+    assert not torch.equal(before.decode(before.encode(x)), after.decode(after.encode(x)))
+    other = _emoji_autoencoder_with_changed("encoder", tmp_path / "encoder")
+    with pytest.raises(CheckpointError, match="not a decoder-only fine-tune"):
+        repoint_first_stage(shipped_like, str(other), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,52 @@ def test_crops_per_image_gives_many_native_crops_of_few_photos():
     )
     with pytest.raises(ValueError, match="crops_per_image"):
         DataConfig(dataset="photos", crops_per_image=0)
+
+
+def test_colour_jitter_permutes_channels_scales_saturation_and_is_seeded():
+    from ldm_mini.data.tensors import SATURATION_RANGE, colour_jitter
+
+    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.4 - 0.2
+    outputs = [colour_jitter(image, np.random.default_rng(seed)) for seed in range(40)]
+    assert torch.equal(outputs[0], colour_jitter(image, np.random.default_rng(0)))
+    mean = image.mean(0, keepdim=True)
+    for out in outputs:
+        assert out.shape == image.shape and out.min() >= -1 and out.max() <= 1
+        # the grey value of each pixel is kept (before clamping, which this range avoids)
+        assert torch.allclose(out.mean(0, keepdim=True), mean, atol=1e-6)
+        # out = m + s (x[order] - m) for one channel order and one s in the stated range
+        fits = []
+        for order in itertools.permutations(range(3)):
+            centred = image[list(order)] - mean
+            s = float((out - mean).flatten() @ centred.flatten() / centred.pow(2).sum())
+            if torch.allclose(mean + s * centred, out, atol=1e-5):
+                fits.append(s)
+        assert len(fits) == 1 and SATURATION_RANGE[0] <= fits[0] <= SATURATION_RANGE[1]
+    orders = {tuple(int(i) for i in out.mean((1, 2)).argsort()) for out in outputs}
+    assert len(orders) == 6, "every channel order should turn up in 40 draws"
+    with pytest.raises(ValueError, match="RGB"):
+        colour_jitter(image[:1], np.random.default_rng(0))
+
+
+def test_datasets_apply_colour_jitter_only_when_asked_and_refuse_it_for_grey():
+    from ldm_mini.data import load_dataset
+    from ldm_mini.data.tensors import TensorImageDataset
+    from ldm_mini.superres.data import SRCrops
+
+    photos = load_dataset("photos", split="train")
+    plain = TensorImageDataset(photos, 32, resize="crop", random_crop=True, repeat=2)
+    jittered = TensorImageDataset(
+        photos, 32, resize="crop", random_crop=True, repeat=2, jitter_colours=True
+    )
+    a, b = plain[3]["image"], jittered[3]["image"]
+    assert not torch.equal(a, b)
+    assert torch.allclose(a.mean(0), b.mean(0), atol=0.02), "the same crop, other colours"
+    crops = SRCrops(photos, 32, length=4, jitter_colours=True)
+    plain_crops = SRCrops(photos, 32, length=4)
+    item, plain_item = crops[1], plain_crops[1]
+    assert torch.allclose(item["image"].mean(0), plain_item["image"].mean(0), atol=0.02)
+    # the input is the (bicubic, seed-free) degradation of the jittered target
+    assert torch.allclose(item["low"], crops.degradation(item["image"][None], seed=0)[0])
+    assert not torch.allclose(item["low"], plain_item["low"], atol=0.05)
+    with pytest.raises(ValueError, match="RGB"):
+        TensorImageDataset(photos, 32, channels=1, jitter_colours=True)

@@ -1,8 +1,9 @@
 """The torch side of the data layer: images as tensors in [-1, 1] at a requested size.
 
 Taught in notebook 00_setup_and_data; every training stage reads its data through
-:class:`TensorImageDataset`. Random choices (crop position, flip) come from a generator
-seeded by ``(seed, epoch, index)``, so an item is the same in every run and every worker.
+:class:`TensorImageDataset`. Random choices (crop position, flip, colour jitter) come from a
+generator seeded by ``(seed, epoch, index)``, so an item is the same in every run and every
+worker.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from einops import rearrange
 from PIL import Image
 
 RESIZE_MODES = ("auto", "pad", "resize", "crop")
+# colour jitter: the saturation factor s is drawn uniformly from this range
+SATURATION_RANGE = (0.6, 1.6)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -25,6 +28,31 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     tensor = rearrange(torch.from_numpy(array.copy()), "h w c -> c h w")
     # x in [0, 255] -> x / 127.5 - 1 in [-1, 1]
     return tensor.float() / 127.5 - 1.0
+
+
+def colour_jitter(
+    image: torch.Tensor,
+    rng: np.random.Generator,
+    saturation: tuple[float, float] = SATURATION_RANGE,
+) -> torch.Tensor:
+    """A random channel order and saturation of an RGB image (3, H, W) in [-1, 1].
+
+    The channels are permuted (one of the 6 orders, uniformly), then pushed away from or
+    towards their per-pixel mean m by a factor s ~ U(saturation) and clamped to [-1, 1]:
+    a few photos then show a model many more colours than they have (the bundled ``photos``
+    train split has 7, mostly red, brown and black; its test photos are orange and navy).
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"colour_jitter needs an RGB image (3, H, W), got {tuple(image.shape)}")
+    low, high = saturation
+    if not 0.0 <= low <= high:
+        raise ValueError(f"saturation must be a range 0 <= low <= high, got {saturation!r}")
+    order = torch.from_numpy(rng.permutation(3))
+    factor = float(rng.uniform(low, high))
+    permuted = image[order]
+    mean = permuted.mean(dim=0, keepdim=True)
+    # x' = m + s (x - m), m the mean over the channels of each pixel
+    return (mean + factor * (permuted - mean)).clamp(-1.0, 1.0)
 
 
 def border_fill(image: Image.Image) -> tuple[int, ...] | int:
@@ -89,7 +117,8 @@ class TensorImageDataset(torch.utils.data.Dataset):
     those columns. ``repeat`` N makes each image N items per epoch (item ``i`` shows image
     ``i % len(dataset)``, with its own random crop and flip): many crops of a few large photos.
     ``channels`` 1 (grey) or 3 (RGB); None takes 1 for greyscale datasets
-    (judged from the first image) and 3 otherwise.
+    (judged from the first image) and 3 otherwise. ``jitter_colours`` (RGB only) applies
+    :func:`colour_jitter` to every item.
     """
 
     def __init__(
@@ -103,6 +132,7 @@ class TensorImageDataset(torch.utils.data.Dataset):
         pad_value: int | tuple[int, ...] | None = None,
         seed: int = 0,
         repeat: int = 1,
+        jitter_colours: bool = False,
     ) -> None:
         if "image" not in dataset.column_names:
             raise ValueError(f"dataset has no 'image' column (columns: {dataset.column_names})")
@@ -120,6 +150,9 @@ class TensorImageDataset(torch.utils.data.Dataset):
         if channels is None:
             channels = 1 if dataset[0]["image"].mode in ("1", "L", "I", "I;16", "F") else 3
         self.channels = channels
+        if jitter_colours and channels != 3:
+            raise ValueError("colour jitter needs RGB images (channels=3); turn it off for grey")
+        self.jitter_colours = bool(jitter_colours)
         self.resize = resize
         self.random_crop = random_crop
         self.hflip = hflip
@@ -146,7 +179,10 @@ class TensorImageDataset(torch.utils.data.Dataset):
         )
         if self.hflip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        item: dict[str, Any] = {"image": pil_to_tensor(image), "index": int(index)}
+        tensor = pil_to_tensor(image)
+        if self.jitter_colours:
+            tensor = colour_jitter(tensor, rng)
+        item: dict[str, Any] = {"image": tensor, "index": int(index)}
         for key in self._keys:
             item[key] = row[key]
         return item

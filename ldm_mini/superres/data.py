@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldm_mini.data.tensors import pil_to_tensor
+from ldm_mini.data.tensors import colour_jitter, pil_to_tensor
 from ldm_mini.superres.degradations import Bicubic, Blind
 
 
@@ -23,6 +23,8 @@ class SRCrops(torch.utils.data.Dataset):
     target), ``index``. Crop ``i`` comes from image ``i % len(dataset)``, at a position (and a
     horizontal flip, with ``hflip``) drawn from ``numpy.random.default_rng([seed, epoch, i])``,
     which also seeds the degradation: an item is the same in every run and every worker.
+    ``jitter_colours``: the target gets :func:`~ldm_mini.data.tensors.colour_jitter` (random
+    channel order and saturation) before it is degraded.
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class SRCrops(torch.utils.data.Dataset):
         length: int | None = None,
         hflip: bool = True,
         seed: int = 0,
+        jitter_colours: bool = False,
     ) -> None:
         self.degradation = degradation if degradation is not None else Bicubic(4)
         factor = self.degradation.factor
@@ -53,6 +56,7 @@ class SRCrops(torch.utils.data.Dataset):
         self.crop_size = crop_size
         self.length = 100 * len(self.images) if length is None else int(length)
         self.hflip = hflip
+        self.jitter_colours = bool(jitter_colours)
         self.seed = int(seed)
         self.epoch = 0
 
@@ -75,5 +79,8 @@ class SRCrops(torch.utils.data.Dataset):
         target = pil_to_tensor(crop)
         if self.hflip and rng.random() < 0.5:
             target = target.flip(-1)
-        low = self.degradation(target[None], seed=int(rng.integers(2**31)))[0]
+        degradation_seed = int(rng.integers(2**31))
+        if self.jitter_colours:
+            target = colour_jitter(target, rng)
+        low = self.degradation(target[None], seed=degradation_seed)[0]
         return {"image": target, "low": low, "index": index}

@@ -5,7 +5,9 @@ low-resolution crops (random crops of the test photos, which no training crop ca
 degraded as in training, from a fixed seed) and is scored against the high-resolution
 crops with PSNR and SSIM (pixel fidelity), the perceptual distance (deep features) and FD
 (the distribution of the outputs against that of the real crops). The paper's Table 5
-reports the same kinds of numbers (FID, IS, PSNR, SSIM) for ImageNet 64 -> 256.
+reports the same kinds of numbers (FID, IS, PSNR, SSIM) for ImageNet 64 -> 256. For a latent
+model the first stage's own reconstructions of the high-resolution crops are scored too
+(``reconstruction``): no LDM on that autoencoder can do better than its decoder.
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def evaluate_sr(
 ) -> dict[str, Any]:
     """Scores of ``checkpoint`` (LDM-SR), bicubic upsampling and, when given, the regression
     checkpoint, on the same n held-out crops: ``{"ldm_sr": {...}, "bicubic": {...},
-    "regression": {...}, ...}``."""
+    "regression": {...}, "reconstruction": {...}, "settings": {...}}`` (``reconstruction``: the
+    first stage's D(E(x)) of the crops, the ceiling of any LDM on it; not for pixel space)."""
     from ldm_mini.perceptual import PerceptualDistance
 
     start = time.perf_counter()
@@ -108,6 +111,12 @@ def evaluate_sr(
         if baseline_config["data"]["degradation"] != config["data"]["degradation"]:
             raise ValueError("the regression baseline was trained on another degradation")
         outputs["regression"] = _upscale(baseline, low, "regression", factor, steps, seed)
+    if config["first_stage"]["checkpoint"] != "identity":
+        with torch.no_grad():
+            outputs["reconstruction"] = torch.cat(
+                [ldm.decode(ldm.encode(real[i : i + 64].to(device))).clamp(-1, 1).cpu()
+                 for i in range(0, n, 64)]
+            )  # fmt: skip
     result: dict[str, Any] = {
         name: score(real, fake.to(real), perceptual, feature_extractor)
         for name, fake in outputs.items()

@@ -10,6 +10,9 @@ config, the U-Net and the checkpoint format:
   U-Net learned to use y at high noise much later, see configs/sr/cpu.json);
 * ``regression`` (the paper's baseline in Table 5): the same U-Net maps [0 ; y] at t = 0
   straight to z_0, L = ||z_0 - f_theta([0 ; y])||^2, one forward pass to sample.
+
+``init.checkpoint`` warm-starts the U-Net from an earlier SR checkpoint of the same objective
+on the same latents (e.g. the shipped one, to train it further on a GPU).
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldm_mini.checkpoints import CheckpointError, load_checkpoint
-from ldm_mini.ldm import LatentDiffusion, estimate_scale_factor
+from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor
 from ldm_mini.ldm_training import (
     DiffusionConfig,
+    InitConfig,
     LDMOptimConfig,
     _Section,
     build_first_stage,
@@ -44,7 +48,7 @@ from ldm_mini.unet import UNet, UNetConfig
 STAGE = "sr"
 OBJECTIVES = ("diffusion", "regression")
 SECTIONS = ("description", "data", "first_stage", "model", "objective", "diffusion", "latents",
-            "optim", "train")  # fmt: skip
+            "optim", "train", "init")  # fmt: skip
 
 
 @dataclass
@@ -59,6 +63,7 @@ class SRDataConfig(_Section):
     crops_per_epoch: int = 2000
     hflip: bool = True
     options: dict[str, Any] | None = None  # passed to ldm_mini.data.load_dataset
+    jitter_colours: bool = False  # random channel order and saturation of the targets
 
     def __post_init__(self) -> None:
         if self.degradation not in DEGRADATIONS:
@@ -103,6 +108,7 @@ def parse_config(config: dict[str, Any]) -> dict[str, Any]:
         "data": config_from_dict(SRDataConfig, config.get("data", {}), "data"),
         "objective": config_from_dict(ObjectiveConfig, config.get("objective", {}), "objective"),
         "latents": config_from_dict(SRLatentsConfig, config.get("latents", {}), "latents"),
+        "init": config_from_dict(InitConfig, config.get("init") or {}, "init"),
     }
 
 
@@ -191,6 +197,7 @@ class SRStage(TrainingStage):
             "latents": parsed["latents"].to_dict(),
             "scale_factor": float(self.ldm.scale_factor),
             "optim": parsed["optim"].to_dict(),
+            "init": parsed["init"].to_dict(),
         }
 
     def inference_state(self) -> dict[str, Tensor]:
@@ -213,6 +220,7 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
         length=data.crops_per_epoch,
         hflip=data.hflip,
         seed=parsed["train"].seed,
+        jitter_colours=data.jitter_colours,
     )
     first_stage, first_stage_config = build_first_stage(parsed["first_stage"].checkpoint, 3)
     channels = first_stage.config.latent_channels if first_stage_config else 3
@@ -223,8 +231,16 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
     )  # fmt: skip
     torch.manual_seed(parsed["train"].seed)
     unet = UNet(UNetConfig.from_dict(model_values))
-    first_stage = first_stage.to(device)
     scale = parsed["latents"].scale_factor
+    if parsed["init"].checkpoint is not None:
+        init_scale = warm_start_sr(unet, parsed["init"], first_stage, parsed["objective"].kind)
+        if scale is not None and abs(scale - init_scale) > 1e-6 * init_scale:
+            raise ValueError(
+                f"latents.scale_factor={scale} but the warm-start checkpoint "
+                f"{parsed['init'].checkpoint} was trained with {init_scale}; leave it null"
+            )
+        scale = init_scale
+    first_stage = first_stage.to(device)
     if scale is None:
         if first_stage_config is None:
             scale = 1.0  # pixels in [-1, 1] (pixel-space SR)
@@ -236,6 +252,37 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
             ]
     ldm = LatentDiffusion(first_stage, unet, parsed["diffusion"].build(), scale).to(device)
     return SRStage(ldm, parsed, first_stage_config), crops, parsed["train"]
+
+
+def warm_start_sr(unet: UNet, init: InitConfig, first_stage: nn.Module, objective: str) -> float:
+    """Load ``init.checkpoint``'s U-Net weights into ``unet``; returns its latent scale factor.
+
+    Refuses a checkpoint with another U-Net config, another objective, or other latents
+    (a first stage whose encoder differs: a decoder-only fine-tune keeps them).
+    """
+    from ldm_mini.first_stage import latent_parts_sha256
+
+    start, start_config = load_sr(init.checkpoint, use_ema=init.weights == "ema")
+    if start_config["model"] != unet.config.to_dict():
+        raise ValueError(
+            f"init.checkpoint {init.checkpoint} has another U-Net (model section) than this "
+            "run; warm starts need the same architecture"
+        )
+    if start_config["objective"]["kind"] != objective:
+        raise ValueError(
+            f"init.checkpoint {init.checkpoint} was trained with objective "
+            f"{start_config['objective']['kind']!r}, this run is {objective!r}"
+        )
+    same_kind = isinstance(start.first_stage, IdentityFirstStage) == isinstance(
+        first_stage, IdentityFirstStage
+    )
+    if not same_kind or latent_parts_sha256(start.first_stage) != latent_parts_sha256(first_stage):
+        raise ValueError(
+            f"init.checkpoint {init.checkpoint} was trained on other latents (its first stage's "
+            "encoder differs from this run's); start from random weights instead"
+        )
+    unet.load_state_dict(start.unet.state_dict())
+    return float(start_config["scale_factor"])
 
 
 def train_sr(
