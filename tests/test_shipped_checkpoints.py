@@ -142,3 +142,18 @@ def test_shipped_names_load_everywhere_a_checkpoint_folder_does(tmp_path, capsys
     assert out.is_file()
     assert main(["sample", "--checkpoint", "shipped:nope", "--out", str(out)]) == 2
     assert "no shipped checkpoint 'nope'" in capsys.readouterr().err
+
+
+def test_the_photos_autoencoder_keeps_the_latents_its_sr_models_were_trained_on(one_thread):
+    from ldm_mini.first_stage import latent_parts_sha256
+
+    path = CHECKPOINTS / "photos_kl_f4"
+    config = json.loads((path / "config.json").read_text())
+    # a decoder-only fine-tune: the encoder's weights are recorded and are the ones loaded
+    assert config["init"]["trainable"] == "decoder"
+    model, _ = load_autoencoder(path)
+    assert latent_parts_sha256(model) == config["init"]["latent_parts_sha256"]
+    for sr in SRS:
+        first = json.loads((sr / "config.json").read_text())["first_stage"]
+        assert first["checkpoint"] == "shipped:photos_kl_f4"
+        assert first["model_sha256"] == config["files"]["model.safetensors"], sr.name
