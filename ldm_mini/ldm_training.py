@@ -657,11 +657,7 @@ def _referenced_first_stage_state(first: dict[str, Any], path: str | Path) -> di
         ) from err
     if first.get("model_sha256") not in weights_sha256s(autoencoder.config):
         hint = ""
-        if (
-            first.get("model_sha256")
-            in (autoencoder.config.get("init") or {}).get("model_sha256s", [])
-            and autoencoder.config["init"].get("trainable") == "decoder"
-        ):
+        if _is_decoder_fine_tune_of(autoencoder.config, first.get("model_sha256")):
             hint = (
                 f" The one in {source} is a decoder-only fine-tune of it (same latents): "
                 "ldm_mini.ldm_training.repoint_first_stage(checkpoint, autoencoder, destination) "
@@ -672,6 +668,13 @@ def _referenced_first_stage_state(first: dict[str, Any], path: str | Path) -> di
             "sha256 of its weights differs); restore that autoencoder or retrain the LDM." + hint
         )
     return autoencoder.model_state
+
+
+def _is_decoder_fine_tune_of(autoencoder_config: dict[str, Any], sha256: str | None) -> bool:
+    """Whether an autoencoder is a decoder-only fine-tune of the one whose weights have
+    ``sha256`` (its ``init`` record names that start and a frozen encoder: the same latents)."""
+    init = autoencoder_config.get("init") or {}
+    return init.get("trainable") == "decoder" and sha256 in init.get("model_sha256s", [])
 
 
 def repoint_first_stage(
@@ -694,10 +697,7 @@ def repoint_first_stage(
     if any(k.startswith("first_stage.") for k in checkpoint.model_state):
         raise CheckpointError(f"{source} stores its own first stage; there is nothing to repoint")
     new = load_checkpoint(resolve_first_stage_path(autoencoder), expected_stage="autoencoder")
-    init = new.config.get("init") or {}
-    if init.get("trainable") != "decoder" or first["model_sha256"] not in init.get(
-        "model_sha256s", []
-    ):
+    if not _is_decoder_fine_tune_of(new.config, first["model_sha256"]):
         raise CheckpointError(
             f"{autoencoder} is not a decoder-only fine-tune of the autoencoder {source} was "
             "trained on (its config's init records another start, or a trained encoder): its "
