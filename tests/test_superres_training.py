@@ -56,6 +56,19 @@ def test_diffusion_run_saves_loads_and_upscales(diffusion_run: Path):
     b = super_resolve(ldm, low, steps=3, seed=1)
     assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)
     assert not torch.equal(a, super_resolve(ldm, low, steps=3, seed=2)), "seeds give diversity"
+    # temperature: T = 1 is the default sampler; a lower T scales x_T down, less diversity
+    assert torch.equal(super_resolve(ldm, low, steps=3, seed=1, temperature=1.0), a)
+    cool = [super_resolve(ldm, low, steps=3, seed=s, temperature=0.3) for s in (1, 2)]
+    warm = [a, super_resolve(ldm, low, steps=3, seed=2)]
+    assert (cool[0] - cool[1]).abs().mean() < (warm[0] - warm[1]).abs().mean() / 2
+    for bad in (0, -1.0, True, "1"):
+        with pytest.raises(ValueError, match="temperature must be a number > 0"):
+            super_resolve(ldm, low, steps=3, temperature=bad)
+    # back-projection makes the output consistent with its input
+    from ldm_mini.superres.consistency import consistency_error
+
+    projected = super_resolve(ldm, low, steps=3, seed=1, back_projection=3)
+    assert consistency_error(projected, low).max() < consistency_error(a, low).min() / 5
     # tiling with a tile that holds the whole latent is exactly the untiled result
     assert torch.equal(super_resolve(ldm, low, steps=3, seed=1, tile=32, overlap=8), a)
     # a larger input is upscaled in tiles to 4x its size
@@ -133,6 +146,16 @@ def test_cli_trains_and_upscales_any_size(diffusion_run: Path, tmp_path: Path, c
             "--steps", "2", "--quiet", "--out", str(run)]  # fmt: skip
     assert main(argv) == 0
     assert load_checkpoint(run).config["data"]["degradation"] == "blind"
+    with pytest.raises(ValueError, match="regression has none"):
+        super_resolve(load_sr(run)[0], torch.zeros(1, 3, 8, 8), "regression", temperature=0.5)
+    # back-projection needs the known degradation: offered for bicubic, refused for blind
+    argv = ["superres", str(photo), "--out", str(out), "--steps", "2", "--back-project", "2"]
+    assert main([*argv, "--checkpoint", str(diffusion_run)]) == 0
+    assert "back-projected onto the input (2 iterations)" in capsys.readouterr().out
+    assert main([*argv, "--checkpoint", str(run)]) == 2
+    assert "unknown at test time" in capsys.readouterr().err
+    assert main([*argv[:-1], "-1", "--checkpoint", str(diffusion_run)]) == 2
+    assert "int >= 0" in capsys.readouterr().err
 
 
 def test_evaluate_sr_scores_every_method_on_the_same_crops(diffusion_run: Path, tmp_path, capsys):
@@ -156,6 +179,15 @@ def test_evaluate_sr_scores_every_method_on_the_same_crops(diffusion_run: Path, 
     assert result["bicubic"]["psnr"] > result["ldm_sr"]["psnr"]
     with pytest.raises(ValueError, match="is a regression checkpoint"):
         evaluate_sr(regression, n=8)
+    # back-projection: every method scored again after it, the raw scores unchanged
+    projected = evaluate_sr(diffusion_run, regression, n=8, steps=2, back_projection=2)
+    assert set(projected) == {"ldm_sr", "bicubic", "regression", "settings", "ldm_sr_bp",
+                              "bicubic_bp", "regression_bp"}  # fmt: skip
+    assert projected["settings"]["back_projection"] == 2
+    for method in ("ldm_sr", "bicubic", "regression"):
+        assert projected[method]["psnr"] == pytest.approx(result[method]["psnr"], rel=1e-6)
+    # consistency with the input brings a barely trained model's output much closer to the truth
+    assert projected["ldm_sr_bp"]["psnr"] > projected["ldm_sr"]["psnr"] + 3
     argv = ["evaluate", "sr", "--checkpoint", str(diffusion_run), "--n", "8", "--steps", "2",
             "--json"]  # fmt: skip
     assert main(argv) == 0

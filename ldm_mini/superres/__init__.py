@@ -2,11 +2,13 @@
 concatenating the low-resolution image to z_t.
 
 Taught in notebook 08_super_resolution. So far: :mod:`.degradations` (bicubic and blind),
-:mod:`.concat` (the low-resolution image joined to z_t), :mod:`.data` (training crops) and
-:mod:`.tiling` (whole images as overlapping tiles, blended at every sampling step).
+:mod:`.concat` (the low-resolution image joined to z_t), :mod:`.data` (training crops),
+:mod:`.tiling` (whole images as overlapping tiles, blended at every sampling step) and
+:mod:`.consistency` (back-projection of an output onto its bicubic-degraded input).
 """
 
 from ldm_mini.superres.concat import concat_condition, unet_input
+from ldm_mini.superres.consistency import back_project, consistency_error
 from ldm_mini.superres.data import SRCrops
 from ldm_mini.superres.degradations import (
     DEGRADATIONS,
@@ -25,8 +27,10 @@ __all__ = [
     "Bicubic",
     "Blind",
     "BlindRanges",
+    "back_project",
     "bicubic_downsample",
     "concat_condition",
+    "consistency_error",
     "make_degradation",
     "unet_input",
 ]

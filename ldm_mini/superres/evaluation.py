@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ldm_mini import metrics
+from ldm_mini.superres.consistency import (
+    back_project,
+    bicubic_upsample,
+    check_iterations,
+    check_projectable,
+)
 from ldm_mini.superres.data import SRCrops
 from ldm_mini.superres.degradations import make_degradation
 from ldm_mini.superres.training import load_sr, super_resolve
@@ -46,12 +51,6 @@ def heldout_crops(config: dict[str, Any], n: int, split: str = "test") -> tuple[
     return torch.stack([i["image"] for i in items]), torch.stack([i["low"] for i in items])
 
 
-def bicubic_upsample(low: Tensor, factor: int) -> Tensor:
-    """The baseline without learning: bicubic interpolation by ``factor``, in [-1, 1]."""
-    size = (low.shape[-2] * factor, low.shape[-1] * factor)
-    return F.interpolate(low, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
-
-
 def score(real: Tensor, fake: Tensor, perceptual, feature_extractor: str = "auto") -> dict:
     """PSNR, SSIM and perceptual distance (means over images) and FD of ``fake`` vs ``real``."""
     fd = metrics.frechet_distance(real, fake, feature_extractor)
@@ -68,11 +67,14 @@ def score(real: Tensor, fake: Tensor, perceptual, feature_extractor: str = "auto
     }
 
 
-def _upscale(ldm, low: Tensor, objective: str, factor: int, steps: int, seed: int) -> Tensor:
+def _upscale(
+    ldm, low: Tensor, objective: str, factor: int, steps: int, seed: int, temperature: float = 1.0
+) -> Tensor:
     out = [
-        super_resolve(ldm, low[i : i + 32], objective, factor=factor, steps=steps, seed=seed + i)
+        super_resolve(ldm, low[i : i + 32], objective, factor=factor, steps=steps, seed=seed + i,
+                      temperature=temperature)
         for i in range(0, len(low), 32)
-    ]
+    ]  # fmt: skip
     return torch.cat(out).cpu()
 
 
@@ -85,11 +87,17 @@ def evaluate_sr(
     seed: int = 0,
     feature_extractor: str = "auto",
     device: str = "cpu",
+    back_projection: int = 0,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Scores of ``checkpoint`` (LDM-SR), bicubic upsampling and, when given, the regression
     checkpoint, on the same n held-out crops: ``{"ldm_sr": {...}, "bicubic": {...},
     "regression": {...}, "reconstruction": {...}, "settings": {...}}`` (``reconstruction``: the
-    first stage's D(E(x)) of the crops, the ceiling of any LDM on it; not for pixel space)."""
+    first stage's D(E(x)) of the crops, the ceiling of any LDM on it; not for pixel space).
+    ``back_projection`` > 0 also scores every method's outputs after that many iterations of
+    :func:`.consistency.back_project` (entries ``"ldm_sr_bp"``, ``"bicubic_bp"``, ...; bicubic
+    degradation only). ``temperature`` scales LDM-SR's starting noise (see
+    :func:`.training.super_resolve`)."""
     from ldm_mini.perceptual import PerceptualDistance
 
     start = time.perf_counter()
@@ -98,10 +106,13 @@ def evaluate_sr(
         raise ValueError(f"{checkpoint} is a {config['objective']['kind']} checkpoint; pass it "
                          "as --regression and an LDM-SR checkpoint as --checkpoint")  # fmt: skip
     factor = config["data"]["factor"]
+    check_iterations(back_projection)
+    if back_projection:
+        check_projectable(config["data"]["degradation"])
     real, low = heldout_crops(config, n)
     perceptual = PerceptualDistance("auto", min_size=32).to(device)
     outputs = {
-        "ldm_sr": _upscale(ldm, low, "diffusion", factor, steps, seed),
+        "ldm_sr": _upscale(ldm, low, "diffusion", factor, steps, seed, temperature),
         "bicubic": bicubic_upsample(low, factor),
     }
     if regression is not None:
@@ -117,6 +128,11 @@ def evaluate_sr(
                 [ldm.decode(ldm.encode(real[i : i + 64].to(device))).clamp(-1, 1).cpu()
                  for i in range(0, n, 64)]
             )  # fmt: skip
+    if back_projection:
+        outputs.update({
+            f"{name}_bp": back_project(fake, low, factor, back_projection)
+            for name, fake in list(outputs.items())
+        })  # fmt: skip
     result: dict[str, Any] = {
         name: score(real, fake.to(real), perceptual, feature_extractor)
         for name, fake in outputs.items()
@@ -129,6 +145,8 @@ def evaluate_sr(
         "factor": factor,
         "degradation": config["data"]["degradation"],
         "steps": steps,
+        "back_projection": back_projection,
+        "temperature": temperature,
         "perceptual_backbone": perceptual.backbone_name,
         "seconds": time.perf_counter() - start,
     }

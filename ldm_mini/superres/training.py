@@ -337,15 +337,31 @@ def super_resolve(
     seed: int = 0,
     tile: int | None = None,
     overlap: int = 8,
+    back_projection: int = 0,
+    temperature: float = 1.0,
 ) -> Tensor:
     """Low-resolution images (B, 3, h, w) in [-1, 1] -> (B, 3, factor h, factor w).
 
     The latent has the size of the output / f; ``tile`` (latent positions) evaluates the
     U-Net on overlapping tiles at every step (:class:`.tiling.TiledDenoiser`), for inputs
-    larger than the training crops.
+    larger than the training crops. ``back_projection`` > 0: that many iterations of
+    :func:`.consistency.back_project` on the output (models of the bicubic degradation only:
+    check with :func:`.consistency.check_projectable`). ``temperature`` T > 0 scales the
+    starting noise, x_T ~ N(0, T^2 I): below 1 it trades the samples' diversity (and detail)
+    for fidelity (diffusion only).
     """
+    from ldm_mini.superres.consistency import back_project, check_iterations
     from ldm_mini.superres.tiling import TiledDenoiser
 
+    check_iterations(back_projection)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or temperature <= 0
+    ):
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if objective == "regression" and temperature != 1.0:
+        raise ValueError("temperature scales the diffusion sampler's noise; regression has none")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     height, width = low.shape[-2] * factor, low.shape[-1] * factor
@@ -359,16 +375,20 @@ def super_resolve(
     low = low.to(device)
     if objective == "regression":
         z0 = regression_predict(ldm, low, latent_size)
-        return ldm.decode(z0).clamp(-1, 1)
+        return back_project(ldm.decode(z0).clamp(-1, 1), low, factor, back_projection)
     denoiser = None if tile is None else TiledDenoiser(ldm.unet, tile, overlap)
     generator = torch.Generator(device=device).manual_seed(seed)
+    shape = (low.shape[0], ldm.latent_channels, *latent_size)
+    # x_T ~ N(0, T^2 I)
+    noise = temperature * torch.randn(shape, generator=generator, device=device)
     images, _ = ldm.sample(
         low.shape[0],
         latent_size,
         sampler=sampler,
         steps=steps,
         generator=generator,
+        noise=noise,
         concat=concat_condition(low, latent_size),
         denoiser=denoiser,
     )
-    return images
+    return back_project(images, low, factor, back_projection)
