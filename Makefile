@@ -22,9 +22,11 @@ demo: $(STAMP)
 	$(BIN)/ldm-mini demo --out runs/demo
 	@echo "open runs/demo/index.html"
 
-# The whole test suite: unit tests and every notebook (nbval, quick mode).
+# The whole test suite: unit tests and every notebook (nbval, quick mode), on TEST_WORKERS
+# processes of one thread each (pytest-xdist; each file or notebook stays on one worker).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check ldm_mini tests
