@@ -106,3 +106,57 @@ def test_training_crops_are_seeded_and_match_their_source():
         SRCrops(photos, crop_size=30)
     with pytest.raises(ValueError, match="smaller than the 4096x4096 crop"):
         SRCrops(photos, crop_size=4096)
+
+
+class _Photos:
+    """A stand-in for a datasets.Dataset of photos: an 'image' column of PIL images."""
+
+    column_names = ["image"]
+
+    def __init__(self, *images) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.images[index]}
+
+
+def test_rescaled_crops_show_the_photo_shrunk_by_a_factor_in_range():
+    import numpy as np
+    from PIL import Image
+
+    from ldm_mini.superres import SRCrops
+    from ldm_mini.superres.training import load_sr_preset, parse_config
+
+    # a horizontal ramp: a crop's left-to-right rise tells how many source pixels it spans
+    ramp = np.tile(np.linspace(0, 255, 512), (512, 1)).round().astype(np.uint8)
+    photo = Image.fromarray(np.stack([ramp] * 3, axis=-1))
+    crops = SRCrops(_Photos(photo), 64, length=60, hflip=False, seed=0, rescale=(0.5, 1.0))
+    spans = []
+    for i in range(len(crops)):
+        row = (crops[i]["image"][0, 32] + 1) * 127.5 * 511 / 255  # source pixel positions
+        spans.append(float(row[-3] - row[2]) * 64 / 58)  # inner columns: no edge effects
+    assert min(spans) > 60 and max(spans) < 132, (min(spans), max(spans))
+    assert min(spans) < 80 and max(spans) > 110, "factors from the whole range are drawn"
+    again = SRCrops(_Photos(photo), 64, length=60, hflip=False, seed=0, rescale=(0.5, 1.0))
+    assert torch.equal(again[7]["image"], crops[7]["image"]), "seeded"
+    # the shrinking is antialiased: one-pixel stripes halved in size become grey, not aliased
+    stripes = np.zeros((256, 256, 3), np.uint8)
+    stripes[:, ::2] = 255
+    halved = SRCrops(_Photos(Image.fromarray(stripes)), 64, length=4, hflip=False,
+                     rescale=(0.5, 0.5))  # fmt: skip
+    native = SRCrops(_Photos(Image.fromarray(stripes)), 64, length=4, hflip=False)
+    assert native[0]["image"].std() > 0.9
+    assert halved[0]["image"].std() < 0.1 and halved[0]["image"].mean().abs() < 0.1
+    # a photo too small for the smallest factor: the region is clamped to the photo
+    small = SRCrops(_Photos(photo.resize((80, 80))), 64, length=3, rescale=(0.1, 0.2))
+    assert small[2]["image"].shape == (3, 64, 64)
+    for bad in ((0, 1), (0.5, 1.2), (0.8, 0.5), "x", (0.5,)):
+        with pytest.raises(ValueError, match="rescale must"):
+            SRCrops(_Photos(photo), 64, rescale=bad)
+    config = load_sr_preset("tiny")
+    config["data"]["rescale"] = [0.0, 1.0]
+    with pytest.raises(ValueError, match="data.rescale must"):
+        parse_config(config)

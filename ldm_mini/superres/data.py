@@ -10,9 +10,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ldm_mini.data.tensors import colour_jitter, pil_to_tensor
 from ldm_mini.superres.degradations import Bicubic, Blind
+
+
+def check_rescale(rescale: Any) -> tuple[float, float] | None:
+    """None, or (lo, hi) with 0 < lo <= hi <= 1 (shrink factors; enlarging would only blur)."""
+    if rescale is None:
+        return None
+    try:
+        low, high = (float(value) for value in rescale)
+    except (TypeError, ValueError):
+        raise ValueError(f"rescale must be null or [lo, hi], got {rescale!r}") from None
+    if not 0 < low <= high <= 1:
+        raise ValueError(
+            f"rescale must satisfy 0 < lo <= hi <= 1 (shrink factors), got {rescale!r}"
+        )
+    return low, high
 
 
 class SRCrops(torch.utils.data.Dataset):
@@ -24,7 +40,10 @@ class SRCrops(torch.utils.data.Dataset):
     horizontal flip, with ``hflip``) drawn from ``numpy.random.default_rng([seed, epoch, i])``,
     which also seeds the degradation: an item is the same in every run and every worker.
     ``jitter_colours``: the target gets :func:`~ldm_mini.data.tensors.colour_jitter` (random
-    channel order and saturation) before it is degraded.
+    channel order and saturation) before it is degraded. ``rescale`` (lo, hi) with
+    0 < lo <= hi <= 1: the photo is first shrunk by a log-uniform factor s in [lo, hi]
+    (antialiased: a crop_size / s region, Lanczos-resized to crop_size; s never so small
+    that the region leaves the photo), so the model sees each texture at several scales.
     """
 
     def __init__(
@@ -36,6 +55,7 @@ class SRCrops(torch.utils.data.Dataset):
         hflip: bool = True,
         seed: int = 0,
         jitter_colours: bool = False,
+        rescale: tuple[float, float] | None = None,
     ) -> None:
         self.degradation = degradation if degradation is not None else Bicubic(4)
         factor = self.degradation.factor
@@ -57,6 +77,7 @@ class SRCrops(torch.utils.data.Dataset):
         self.length = 100 * len(self.images) if length is None else int(length)
         self.hflip = hflip
         self.jitter_colours = bool(jitter_colours)
+        self.rescale = check_rescale(rescale)
         self.seed = int(seed)
         self.epoch = 0
 
@@ -73,9 +94,18 @@ class SRCrops(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image = self.images[index % len(self.images)]
         width, height = image.size
-        left = int(rng.integers(0, width - self.crop_size + 1))
-        top = int(rng.integers(0, height - self.crop_size + 1))
-        crop = image.crop((left, top, left + self.crop_size, top + self.crop_size))
+        side = self.crop_size
+        if self.rescale is not None:
+            lowest = max(self.rescale[0], self.crop_size / min(width, height))
+            highest = max(self.rescale[1], lowest)
+            # s ~ log-uniform on [lo, hi]: the photo shrunk by s, then cropped
+            scale = float(np.exp(rng.uniform(np.log(lowest), np.log(highest))))
+            side = min(round(self.crop_size / scale), width, height)
+        left = int(rng.integers(0, width - side + 1))
+        top = int(rng.integers(0, height - side + 1))
+        crop = image.crop((left, top, left + side, top + side))
+        if side != self.crop_size:
+            crop = crop.resize((self.crop_size, self.crop_size), Image.Resampling.LANCZOS)
         target = pil_to_tensor(crop)
         if self.hflip and rng.random() < 0.5:
             target = target.flip(-1)

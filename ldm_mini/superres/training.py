@@ -40,7 +40,7 @@ from ldm_mini.ldm_training import (
     parse_shared_sections,
 )
 from ldm_mini.superres.concat import concat_condition
-from ldm_mini.superres.data import SRCrops
+from ldm_mini.superres.data import SRCrops, check_rescale
 from ldm_mini.superres.degradations import DEGRADATIONS, make_degradation
 from ldm_mini.train import TrainConfig, Trainer, TrainingStage, config_from_dict
 from ldm_mini.unet import UNet, UNetConfig
@@ -64,6 +64,7 @@ class SRDataConfig(_Section):
     hflip: bool = True
     options: dict[str, Any] | None = None  # passed to ldm_mini.data.load_dataset
     jitter_colours: bool = False  # random channel order and saturation of the targets
+    rescale: list[float] | None = None  # [lo, hi]: shrink each photo by s in [lo, hi] first
 
     def __post_init__(self) -> None:
         if self.degradation not in DEGRADATIONS:
@@ -72,6 +73,10 @@ class SRDataConfig(_Section):
             )
         if self.crops_per_epoch < 1:
             raise ValueError(f"data.crops_per_epoch must be >= 1, got {self.crops_per_epoch}")
+        try:
+            check_rescale(self.rescale)
+        except ValueError as err:
+            raise ValueError(f"data.{err}") from None
 
 
 @dataclass
@@ -221,6 +226,7 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
         hflip=data.hflip,
         seed=parsed["train"].seed,
         jitter_colours=data.jitter_colours,
+        rescale=data.rescale,
     )
     first_stage, first_stage_config = build_first_stage(parsed["first_stage"].checkpoint, 3)
     channels = first_stage.config.latent_channels if first_stage_config else 3
