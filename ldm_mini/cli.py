@@ -358,6 +358,7 @@ def _cmd_evaluate_sr(args: argparse.Namespace) -> int:
         device=args.device,
         back_projection=args.back_project,
         temperature=args.temperature,
+        split=args.split,
     )
     if args.json:
         print(json.dumps(result))
@@ -617,6 +618,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="scale of LDM-SR's starting noise, x_T ~ N(0, T^2 I): below 1 less diverse, "
         "less detailed and closer to the input (default: 1)",
+    )
+    ev_sr.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "train"],
+        help="crops of the test photos (default), or of the training photos: to choose settings "
+        "such as --temperature without looking at the test photos",
     )
     ev_sr.add_argument("--device", default="cpu")
     ev_sr.add_argument("--json", action="store_true", help="print one JSON object")

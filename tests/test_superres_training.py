@@ -188,6 +188,12 @@ def test_evaluate_sr_scores_every_method_on_the_same_crops(diffusion_run: Path, 
         assert projected[method]["psnr"] == pytest.approx(result[method]["psnr"], rel=1e-6)
     # consistency with the input brings a barely trained model's output much closer to the truth
     assert projected["ldm_sr_bp"]["psnr"] > projected["ldm_sr"]["psnr"] + 3
+    # crops of the training photos, for choosing settings without the test photos
+    on_train = evaluate_sr(diffusion_run, n=8, steps=2, split="train")
+    assert on_train["settings"]["split"] == "train" and result["settings"]["split"] == "test"
+    train_real, _ = heldout_crops(config, 8, split="train")
+    assert not torch.equal(train_real, real)
+    assert on_train["bicubic"]["psnr"] != pytest.approx(result["bicubic"]["psnr"])
     argv = ["evaluate", "sr", "--checkpoint", str(diffusion_run), "--n", "8", "--steps", "2",
             "--json"]  # fmt: skip
     assert main(argv) == 0

@@ -89,6 +89,7 @@ def evaluate_sr(
     device: str = "cpu",
     back_projection: int = 0,
     temperature: float = 1.0,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Scores of ``checkpoint`` (LDM-SR), bicubic upsampling and, when given, the regression
     checkpoint, on the same n held-out crops: ``{"ldm_sr": {...}, "bicubic": {...},
@@ -97,7 +98,9 @@ def evaluate_sr(
     ``back_projection`` > 0 also scores every method's outputs after that many iterations of
     :func:`.consistency.back_project` (entries ``"ldm_sr_bp"``, ``"bicubic_bp"``, ...; bicubic
     degradation only). ``temperature`` scales LDM-SR's starting noise (see
-    :func:`.training.super_resolve`)."""
+    :func:`.training.super_resolve`). ``split="train"`` scores crops of the training photos
+    instead (the same seed): for choosing settings such as the temperature without looking at
+    the test photos."""
     from ldm_mini.perceptual import PerceptualDistance
 
     start = time.perf_counter()
@@ -109,7 +112,7 @@ def evaluate_sr(
     check_iterations(back_projection)
     if back_projection:
         check_projectable(config["data"]["degradation"])
-    real, low = heldout_crops(config, n)
+    real, low = heldout_crops(config, n, split)
     perceptual = PerceptualDistance("auto", min_size=32).to(device)
     outputs = {
         "ldm_sr": _upscale(ldm, low, "diffusion", factor, steps, seed, temperature),
@@ -141,6 +144,7 @@ def evaluate_sr(
         "checkpoint": str(checkpoint),
         "regression": None if regression is None else str(regression),
         "n": n,
+        "split": split,
         "crop_size": config["data"]["crop_size"],
         "factor": factor,
         "degradation": config["data"]["degradation"],
