@@ -160,3 +160,34 @@ def test_rescaled_crops_show_the_photo_shrunk_by_a_factor_in_range():
     config["data"]["rescale"] = [0.0, 1.0]
     with pytest.raises(ValueError, match="data.rescale must"):
         parse_config(config)
+
+
+def test_rotate90_turns_crops_by_quarter_turns_and_keeps_them_seeded():
+    import numpy as np
+    from PIL import Image
+
+    from ldm_mini.superres import SRCrops
+    from ldm_mini.superres.training import load_sr_preset, parse_config
+
+    # a photo with a distinct value in every pixel: each crop is one of the 4 turns of its
+    # unturned version, and the degraded input is the degradation of the turned target
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    plain = SRCrops(_Photos(photo), 32, length=40, hflip=False, seed=3)
+    turned = SRCrops(_Photos(photo), 32, length=40, hflip=False, seed=3, rotate90=True)
+    seen = set()
+    for i in range(len(plain)):
+        original, item = plain[i]["image"], turned[i]
+        matches = [k for k in range(4) if torch.equal(torch.rot90(original, k, (-2, -1)),
+                                                      item["image"])]  # fmt: skip
+        assert len(matches) == 1, f"crop {i} is not a quarter turn of the same crop"
+        seen.add(matches[0])
+        assert torch.allclose(item["low"], Bicubic(4)(item["image"][None])[0], atol=1e-6)
+    assert seen == {0, 1, 2, 3}, f"every turn is drawn, got {sorted(seen)}"
+    again = SRCrops(_Photos(photo), 32, length=40, hflip=False, seed=3, rotate90=True)
+    assert torch.equal(again[11]["image"], turned[11]["image"]), "seeded"
+    with pytest.raises(ValueError, match="rotate90 must be true or false"):
+        SRCrops(_Photos(photo), 32, rotate90="yes")
+    config = load_sr_preset("tiny")
+    config["data"]["rotate90"] = True
+    assert parse_config(config)["data"].rotate90 is True

@@ -44,6 +44,8 @@ class SRCrops(torch.utils.data.Dataset):
     0 < lo <= hi <= 1: the photo is first shrunk by a log-uniform factor s in [lo, hi]
     (antialiased: a crop_size / s region, Lanczos-resized to crop_size; s never so small
     that the region leaves the photo), so the model sees each texture at several scales.
+    ``rotate90``: the target is also turned by a random multiple of 90 degrees (with ``hflip``,
+    all 8 symmetries of the square), the augmentation SR networks such as EDSR train with.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class SRCrops(torch.utils.data.Dataset):
         seed: int = 0,
         jitter_colours: bool = False,
         rescale: tuple[float, float] | None = None,
+        rotate90: bool = False,
     ) -> None:
         self.degradation = degradation if degradation is not None else Bicubic(4)
         factor = self.degradation.factor
@@ -78,6 +81,9 @@ class SRCrops(torch.utils.data.Dataset):
         self.hflip = hflip
         self.jitter_colours = bool(jitter_colours)
         self.rescale = check_rescale(rescale)
+        if not isinstance(rotate90, bool):
+            raise ValueError(f"rotate90 must be true or false, got {rotate90!r}")
+        self.rotate90 = rotate90
         self.seed = int(seed)
         self.epoch = 0
 
@@ -109,6 +115,9 @@ class SRCrops(torch.utils.data.Dataset):
         target = pil_to_tensor(crop)
         if self.hflip and rng.random() < 0.5:
             target = target.flip(-1)
+        if self.rotate90:
+            # a quarter turn k times, k ~ U{0, 1, 2, 3} (drawn only when on: crops stay as before)
+            target = torch.rot90(target, int(rng.integers(4)), dims=(-2, -1))
         degradation_seed = int(rng.integers(2**31))
         if self.jitter_colours:
             target = colour_jitter(target, rng)

@@ -65,6 +65,7 @@ class SRDataConfig(_Section):
     options: dict[str, Any] | None = None  # passed to ldm_mini.data.load_dataset
     jitter_colours: bool = False  # random channel order and saturation of the targets
     rescale: list[float] | None = None  # [lo, hi]: shrink each photo by s in [lo, hi] first
+    rotate90: bool = False  # also turn each crop by a random multiple of 90 degrees
 
     def __post_init__(self) -> None:
         if self.degradation not in DEGRADATIONS:
@@ -227,6 +228,7 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
         seed=parsed["train"].seed,
         jitter_colours=data.jitter_colours,
         rescale=data.rescale,
+        rotate90=data.rotate90,
     )
     first_stage, first_stage_config = build_first_stage(parsed["first_stage"].checkpoint, 3)
     channels = first_stage.config.latent_channels if first_stage_config else 3
