@@ -224,7 +224,7 @@ def _cmd_superres(args: argparse.Namespace) -> int:
     image = super_resolve(
         ldm, low, config["objective"]["kind"], factor=factor, steps=args.steps, seed=args.seed,
         tile=tile, overlap=args.overlap, back_projection=args.back_project,
-        temperature=args.temperature,
+        temperature=args.temperature, eta=args.eta,
     )  # fmt: skip
     from PIL import Image
 
@@ -358,6 +358,7 @@ def _cmd_evaluate_sr(args: argparse.Namespace) -> int:
         device=args.device,
         back_projection=args.back_project,
         temperature=args.temperature,
+        eta=args.eta,
         split=args.split,
     )
     if args.json:
@@ -542,6 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="scale of LDM-SR's starting noise, x_T ~ N(0, T^2 I): below 1 less diverse, "
         "less detailed and closer to the input (default: 1)",
     )
+    superres.add_argument(
+        "--eta",
+        type=float,
+        default=0.0,
+        help="the DDIM sampler's fresh noise at each step, in [0, 1]: 0 deterministic, 1 as "
+        "much as DDPM's ancestral sampling (default: 0)",
+    )
     superres.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     superres.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
     superres.set_defaults(func=_cmd_superres)
@@ -618,6 +626,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="scale of LDM-SR's starting noise, x_T ~ N(0, T^2 I): below 1 less diverse, "
         "less detailed and closer to the input (default: 1)",
+    )
+    ev_sr.add_argument(
+        "--eta",
+        type=float,
+        default=0.0,
+        help="the DDIM sampler's fresh noise at each step, in [0, 1]: 0 deterministic, 1 as "
+        "much as DDPM's ancestral sampling (default: 0)",
     )
     ev_sr.add_argument(
         "--split",

@@ -297,7 +297,8 @@ def ddim_timesteps(
     return [int(value) for value in values]
 
 
-def _check_eta(eta: float) -> None:
+def check_eta(eta: float) -> None:
+    """Refuse an eta outside [0, 1] (the DDIM sampler's share of DDPM's noise), with the range."""
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
         raise ValueError(
             f"eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like noise), "
@@ -333,7 +334,7 @@ def ddim_sample(
     :func:`ddpm_sample`.
     """
     _check_schedule(schedule)
-    _check_eta(eta)
+    check_eta(eta)
     _check_clip(clip_x0)
     timesteps = ddim_timesteps(schedule.num_timesteps, num_steps, spacing)
     _check_can_start(schedule, timesteps[0])

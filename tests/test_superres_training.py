@@ -64,6 +64,16 @@ def test_diffusion_run_saves_loads_and_upscales(diffusion_run: Path):
     for bad in (0, -1.0, True, "1"):
         with pytest.raises(ValueError, match="temperature must be a number > 0"):
             super_resolve(ldm, low, steps=3, temperature=bad)
+    # eta: 0 is the default deterministic DDIM; eta > 0 adds fresh (seeded) noise at each step
+    assert torch.equal(super_resolve(ldm, low, steps=3, seed=1, eta=0.0), a)
+    noisy = super_resolve(ldm, low, steps=3, seed=1, eta=1.0)
+    assert torch.equal(super_resolve(ldm, low, steps=3, seed=1, eta=1.0), noisy), "seeded"
+    assert (noisy - a).abs().mean() > 1e-3, "eta = 1 samples another path"
+    for bad in (-0.1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match=r"eta must be a number in \[0, 1\]"):
+            super_resolve(ldm, low, steps=3, eta=bad)
+    with pytest.raises(ValueError, match="eta is the DDIM sampler's noise"):
+        super_resolve(ldm, low, steps=3, eta=0.5, sampler="ddpm")
     # back-projection makes the output consistent with its input
     from ldm_mini.superres.consistency import consistency_error
 
@@ -148,6 +158,8 @@ def test_cli_trains_and_upscales_any_size(diffusion_run: Path, tmp_path: Path, c
     assert load_checkpoint(run).config["data"]["degradation"] == "blind"
     with pytest.raises(ValueError, match="regression has none"):
         super_resolve(load_sr(run)[0], torch.zeros(1, 3, 8, 8), "regression", temperature=0.5)
+    with pytest.raises(ValueError, match="eta is the DDIM sampler's noise"):
+        super_resolve(load_sr(run)[0], torch.zeros(1, 3, 8, 8), "regression", eta=1.0)
     # back-projection needs the known degradation: offered for bicubic, refused for blind
     argv = ["superres", str(photo), "--out", str(out), "--steps", "2", "--back-project", "2"]
     assert main([*argv, "--checkpoint", str(diffusion_run)]) == 0
@@ -156,6 +168,9 @@ def test_cli_trains_and_upscales_any_size(diffusion_run: Path, tmp_path: Path, c
     assert "unknown at test time" in capsys.readouterr().err
     assert main([*argv[:-1], "-1", "--checkpoint", str(diffusion_run)]) == 2
     assert "int >= 0" in capsys.readouterr().err
+    assert main([*argv, "--checkpoint", str(diffusion_run), "--eta", "1"]) == 0
+    assert main([*argv, "--checkpoint", str(diffusion_run), "--eta", "3"]) == 2
+    assert "eta must be a number in [0, 1]" in capsys.readouterr().err
 
 
 def test_evaluate_sr_scores_every_method_on_the_same_crops(diffusion_run: Path, tmp_path, capsys):
@@ -194,6 +209,14 @@ def test_evaluate_sr_scores_every_method_on_the_same_crops(diffusion_run: Path, 
     train_real, _ = heldout_crops(config, 8, split="train")
     assert not torch.equal(train_real, real)
     assert on_train["bicubic"]["psnr"] != pytest.approx(result["bicubic"]["psnr"])
+    # eta: recorded; only LDM-SR's samples change
+    stochastic = evaluate_sr(diffusion_run, regression, n=8, steps=2, eta=1.0)
+    assert stochastic["settings"]["eta"] == 1.0 and result["settings"]["eta"] == 0.0
+    assert stochastic["ldm_sr"]["psnr"] != pytest.approx(result["ldm_sr"]["psnr"], rel=1e-6)
+    for method in ("bicubic", "regression"):
+        assert stochastic[method]["psnr"] == pytest.approx(result[method]["psnr"], rel=1e-6)
+    with pytest.raises(ValueError, match="eta must be a number"):
+        evaluate_sr(diffusion_run, n=8, steps=2, eta=2.0)
     argv = ["evaluate", "sr", "--checkpoint", str(diffusion_run), "--n", "8", "--steps", "2",
             "--json"]  # fmt: skip
     assert main(argv) == 0

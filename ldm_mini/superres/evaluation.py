@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ldm_mini import metrics
+from ldm_mini.samplers import check_eta
 from ldm_mini.superres.consistency import (
     back_project,
     bicubic_upsample,
@@ -68,11 +69,18 @@ def score(real: Tensor, fake: Tensor, perceptual, feature_extractor: str = "auto
 
 
 def _upscale(
-    ldm, low: Tensor, objective: str, factor: int, steps: int, seed: int, temperature: float = 1.0
+    ldm,
+    low: Tensor,
+    objective: str,
+    factor: int,
+    steps: int,
+    seed: int,
+    temperature: float = 1.0,
+    eta: float = 0.0,
 ) -> Tensor:
     out = [
         super_resolve(ldm, low[i : i + 32], objective, factor=factor, steps=steps, seed=seed + i,
-                      temperature=temperature)
+                      temperature=temperature, eta=eta)
         for i in range(0, len(low), 32)
     ]  # fmt: skip
     return torch.cat(out).cpu()
@@ -89,6 +97,7 @@ def evaluate_sr(
     device: str = "cpu",
     back_projection: int = 0,
     temperature: float = 1.0,
+    eta: float = 0.0,
     split: str = "test",
 ) -> dict[str, Any]:
     """Scores of ``checkpoint`` (LDM-SR), bicubic upsampling and, when given, the regression
@@ -97,10 +106,10 @@ def evaluate_sr(
     first stage's D(E(x)) of the crops, the ceiling of any LDM on it; not for pixel space).
     ``back_projection`` > 0 also scores every method's outputs after that many iterations of
     :func:`.consistency.back_project` (entries ``"ldm_sr_bp"``, ``"bicubic_bp"``, ...; bicubic
-    degradation only). ``temperature`` scales LDM-SR's starting noise (see
-    :func:`.training.super_resolve`). ``split="train"`` scores crops of the training photos
-    instead (the same seed): for choosing settings such as the temperature without looking at
-    the test photos."""
+    degradation only). ``temperature`` scales LDM-SR's starting noise and ``eta`` its DDIM
+    sampler's fresh noise (see :func:`.training.super_resolve`). ``split="train"`` scores crops
+    of the training photos instead (the same seed): for choosing settings such as the
+    temperature without looking at the test photos."""
     from ldm_mini.perceptual import PerceptualDistance
 
     start = time.perf_counter()
@@ -110,12 +119,13 @@ def evaluate_sr(
                          "as --regression and an LDM-SR checkpoint as --checkpoint")  # fmt: skip
     factor = config["data"]["factor"]
     check_iterations(back_projection)
+    check_eta(eta)
     if back_projection:
         check_projectable(config["data"]["degradation"])
     real, low = heldout_crops(config, n, split)
     perceptual = PerceptualDistance("auto", min_size=32).to(device)
     outputs = {
-        "ldm_sr": _upscale(ldm, low, "diffusion", factor, steps, seed, temperature),
+        "ldm_sr": _upscale(ldm, low, "diffusion", factor, steps, seed, temperature, eta),
         "bicubic": bicubic_upsample(low, factor),
     }
     if regression is not None:
@@ -151,6 +161,7 @@ def evaluate_sr(
         "steps": steps,
         "back_projection": back_projection,
         "temperature": temperature,
+        "eta": eta,
         "perceptual_backbone": perceptual.backbone_name,
         "seconds": time.perf_counter() - start,
     }

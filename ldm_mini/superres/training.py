@@ -39,6 +39,7 @@ from ldm_mini.ldm_training import (
     load_first_stage_of,
     parse_shared_sections,
 )
+from ldm_mini.samplers import check_eta
 from ldm_mini.superres.concat import concat_condition
 from ldm_mini.superres.data import SRCrops, check_rescale
 from ldm_mini.superres.degradations import DEGRADATIONS, make_degradation
@@ -347,6 +348,7 @@ def super_resolve(
     overlap: int = 8,
     back_projection: int = 0,
     temperature: float = 1.0,
+    eta: float = 0.0,
 ) -> Tensor:
     """Low-resolution images (B, 3, h, w) in [-1, 1] -> (B, 3, factor h, factor w).
 
@@ -356,7 +358,8 @@ def super_resolve(
     :func:`.consistency.back_project` on the output (models of the bicubic degradation only:
     check with :func:`.consistency.check_projectable`). ``temperature`` T > 0 scales the
     starting noise, x_T ~ N(0, T^2 I): below 1 it trades the samples' diversity (and detail)
-    for fidelity (diffusion only).
+    for fidelity (diffusion only). ``eta`` in [0, 1]: the DDIM sampler's fresh noise at each
+    step (0: deterministic, the default; 1: as much as DDPM's ancestral sampling).
     """
     from ldm_mini.superres.consistency import back_project, check_iterations
     from ldm_mini.superres.tiling import TiledDenoiser
@@ -370,6 +373,10 @@ def super_resolve(
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
     if objective == "regression" and temperature != 1.0:
         raise ValueError("temperature scales the diffusion sampler's noise; regression has none")
+    check_eta(eta)
+    if eta and (objective == "regression" or sampler != "ddim"):
+        raise ValueError(f"eta is the DDIM sampler's noise; it needs the diffusion objective and "
+                         f"sampler 'ddim', got {objective!r} and {sampler!r}")  # fmt: skip
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     height, width = low.shape[-2] * factor, low.shape[-1] * factor
@@ -398,5 +405,6 @@ def super_resolve(
         noise=noise,
         concat=concat_condition(low, latent_size),
         denoiser=denoiser,
+        eta=eta,
     )
     return back_project(images, low, factor, back_projection)
