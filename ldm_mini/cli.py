@@ -191,10 +191,22 @@ def _cmd_superres(args: argparse.Namespace) -> int:
     import time
 
     from ldm_mini.superres.consistency import check_iterations, check_projectable
-    from ldm_mini.superres.training import load_sr, super_resolve
+    from ldm_mini.superres.training import REFINE_T, load_sr, super_resolve
     from ldm_mini.viz import to_uint8_images
 
     ldm, config = load_sr(args.checkpoint, args.device, use_ema=not args.no_ema)
+    refine_from = None
+    if args.refine_from is not None:
+        if config["objective"]["kind"] != "diffusion":
+            raise ValueError(
+                "--refine-from starts LDM-SR from a regression's prediction: "
+                f"{args.checkpoint} is not an LDM-SR (diffusion) checkpoint"
+            )
+        refine_from, refine_config = load_sr(args.refine_from, args.device)
+        if refine_config["objective"]["kind"] != "regression":
+            raise ValueError(f"--refine-from {args.refine_from} is not a regression checkpoint")
+        if refine_config["data"]["factor"] != config["data"]["factor"]:
+            raise ValueError("--refine-from was trained for another upscaling factor")
     check_iterations(args.back_project)
     if args.back_project:
         check_projectable(config["data"]["degradation"])
@@ -224,7 +236,8 @@ def _cmd_superres(args: argparse.Namespace) -> int:
     image = super_resolve(
         ldm, low, config["objective"]["kind"], factor=factor, steps=args.steps, seed=args.seed,
         tile=tile, overlap=args.overlap, back_projection=args.back_project,
-        temperature=args.temperature, eta=args.eta,
+        temperature=args.temperature, eta=args.eta, refine_from=refine_from,
+        refine_t=REFINE_T if args.refine_t is None else args.refine_t,
     )  # fmt: skip
     from PIL import Image
 
@@ -240,6 +253,8 @@ def _cmd_superres(args: argparse.Namespace) -> int:
             f"tiles of {tile} latent positions overlapping by {args.overlap}; seam ratio "
             f"{seams:.3f}: gradients across tile borders / elsewhere, about 1 without seams"
         )
+    if refine_from is not None:
+        how += f"; refined from {args.refine_from}'s prediction"
     if args.back_project:
         how += f"; back-projected onto the input ({args.back_project} iterations)"
     print(
@@ -347,6 +362,7 @@ def _cmd_evaluate_ldm(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate_sr(args: argparse.Namespace) -> int:
     from ldm_mini.superres.evaluation import evaluate_sr
+    from ldm_mini.superres.training import REFINE_T
 
     result = evaluate_sr(
         args.checkpoint,
@@ -360,6 +376,8 @@ def _cmd_evaluate_sr(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         eta=args.eta,
         split=args.split,
+        refine=args.refine,
+        refine_t=REFINE_T if args.refine_t is None else args.refine_t,
     )
     if args.json:
         print(json.dumps(result))
@@ -550,6 +568,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the DDIM sampler's fresh noise at each step, in [0, 1]: 0 deterministic, 1 as "
         "much as DDPM's ancestral sampling (default: 0)",
     )
+    superres.add_argument(
+        "--refine-from",
+        metavar="REGRESSION",
+        help="predict and refine: start LDM-SR from this regression checkpoint's prediction, "
+        "noised to --refine-t, instead of from pure noise (same first stage)",
+    )
+    superres.add_argument(
+        "--refine-t",
+        type=int,
+        help="with --refine-from: the noise level (step of 1000) to start at (default: 120, "
+        "ldm_mini.superres.training.REFINE_T, chosen on the training photos)",
+    )
     superres.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     superres.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
     superres.set_defaults(func=_cmd_superres)
@@ -640,6 +670,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["test", "train"],
         help="crops of the test photos (default), or of the training photos: to choose settings "
         "such as --temperature without looking at the test photos",
+    )
+    ev_sr.add_argument(
+        "--refine",
+        action="store_true",
+        help="also score LDM-SR started from the --regression's prediction noised to --refine-t "
+        "(entry ldm_sr_refined; predict and refine)",
+    )
+    ev_sr.add_argument(
+        "--refine-t",
+        type=int,
+        help="with --refine: the noise level (step of 1000) to start at (default: 120, "
+        "ldm_mini.superres.training.REFINE_T, chosen on the training photos)",
     )
     ev_sr.add_argument("--device", default="cpu")
     ev_sr.add_argument("--json", action="store_true", help="print one JSON object")

@@ -360,6 +360,7 @@ class LatentDiffusion(nn.Module):
         prompts: Sequence[str] | None = None,
         concat: Tensor | None = None,
         denoiser: nn.Module | None = None,
+        start_timestep: int | None = None,
     ) -> tuple[Tensor, SamplerOutput]:
         """Draw z_0 with ``sampler`` ("ddpm", "ddim", "dpm++") and decode it once.
 
@@ -371,10 +372,14 @@ class LatentDiffusion(nn.Module):
         (N, concat_channels, h, w) for U-Nets that concatenate an input to z_t (super-resolution;
         there is no null image, so those sample with w = 1). ``denoiser``: a wrapper of the
         U-Net to call instead of it (e.g. ``ldm_mini.superres.TiledDenoiser`` for large
-        images); not combined with guidance.
+        images); not combined with guidance. ``start_timestep`` (DDIM only): ``noise`` is x_t
+        at the first visited step t <= start_timestep, not x_T (SDEdit; see
+        :func:`~ldm_mini.samplers.ddim_sample`).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+        if start_timestep is not None and (sampler != "ddim" or noise is None):
+            raise ValueError("start_timestep needs sampler 'ddim' and noise (x_t to start from).")
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
         height, width = latent_size
@@ -449,8 +454,9 @@ class LatentDiffusion(nn.Module):
                 output = ddpm_sample(model, self.schedule, start, **common)
             elif sampler == "ddim":
                 output = ddim_sample(
-                    model, self.schedule, start, num_steps=steps, eta=eta, **common
-                )
+                    model, self.schedule, start, num_steps=steps, eta=eta,
+                    start_timestep=start_timestep, **common,
+                )  # fmt: skip
             else:
                 output = dpm_solver_pp_sample(
                     model, self.schedule, start, num_steps=steps, **common

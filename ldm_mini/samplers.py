@@ -306,6 +306,19 @@ def check_eta(eta: float) -> None:
         )
 
 
+def start_timesteps(timesteps: list[int], start_timestep: int) -> list[int]:
+    """The steps of ``timesteps`` (descending) at or below ``start_timestep``; at least one."""
+    if isinstance(start_timestep, bool) or not isinstance(start_timestep, int):
+        raise ValueError(f"start_timestep must be an int, got {start_timestep!r}")
+    kept = [t for t in timesteps if t <= start_timestep]
+    if not kept:
+        raise ValueError(
+            f"start_timestep {start_timestep} is below every visited step (the last is "
+            f"{timesteps[-1]}); give at least {timesteps[-1]} or use more steps"
+        )
+    return kept
+
+
 @torch.no_grad()
 def ddim_sample(
     model: Model,
@@ -321,6 +334,7 @@ def ddim_sample(
     model_kwargs: dict[str, Any] | None = None,
     clip_x0: float | None = None,
     device: str | torch.device | None = None,
+    start_timestep: int | None = None,
 ) -> SamplerOutput:
     """DDIM (Song et al. 2021, Eq. 12) over ``ddim_timesteps(T, num_steps, spacing)``.
 
@@ -331,12 +345,16 @@ def ddim_sample(
 
     eta = 0 is deterministic (no generator needed, no random numbers drawn after x_T); eta = 1
     matches DDPM's posterior noise. The last step returns the predicted x_0. Arguments as in
-    :func:`ddpm_sample`.
+    :func:`ddpm_sample`. ``start_timestep``: visit only the steps t <= it, and
+    ``shape_or_noise`` is then x_t at the first of them (:func:`start_timesteps`; SDEdit, Meng
+    et al. 2022: a partly noised image is finished by the reverse process).
     """
     _check_schedule(schedule)
     check_eta(eta)
     _check_clip(clip_x0)
     timesteps = ddim_timesteps(schedule.num_timesteps, num_steps, spacing)
+    if start_timestep is not None:
+        timesteps = start_timesteps(timesteps, start_timestep)
     _check_can_start(schedule, timesteps[0])
     model_kwargs = model_kwargs or {}
     x = _initial_noise(model, shape_or_noise, generator, device)

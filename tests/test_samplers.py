@@ -32,6 +32,7 @@ from ldm_mini.samplers import (
     ddim_timesteps,
     ddpm_sample,
     dpm_solver_pp_sample,
+    start_timesteps,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -189,6 +190,36 @@ def test_ddim_matches_its_closed_form_chain(num_steps: int, eta: float) -> None:
     if eta == 0:  # deterministic: sample by sample
         expected = MU + gain * (noise - a_T * MU)
         assert torch.allclose(out.sample, expected, rtol=0, atol=1e-4)
+
+
+def test_ddim_from_an_intermediate_step_finishes_the_data_sdedit() -> None:
+    schedule = linear()
+    data = MU + STD * start_noise(seed=2)
+    kept = []
+    for start in (100, 300, 650):
+        # visits only the steps t <= start (50-step trailing grid: 999, 979, ..., 19)
+        first = start_timesteps(ddim_timesteps(1000, 50), start)[0]
+        assert first <= start < first + 20
+        x_start = schedule.q_sample(data, first, generator=seeded(3))
+        model = GaussianDenoiser(schedule)
+        out = ddim_sample(
+            model, schedule, x_start, num_steps=50, start_timestep=start, progress=False
+        )
+        assert out.timesteps[0] == first and model.calls == len(out.timesteps) == (first + 1) // 20
+        # the closed-form chain of the kept steps, sample by sample, and the data's mean
+        gain, _ = ddim_chain(schedule, out.timesteps, 0.0)
+        a_first = math.sqrt(float(schedule.alphas_cumprod[first]))
+        expected = MU + gain * (x_start - a_first * MU)
+        assert torch.allclose(out.sample, expected, rtol=0, atol=1e-4)
+        assert out.sample.mean().item() == pytest.approx(MU, rel=0.02)
+        kept.append(torch.corrcoef(torch.cat([out.sample, data], 1).T)[0, 1].item())
+    # the lower the start, the more of each sample's own data survives
+    assert kept[0] > kept[1] > kept[2] and kept[0] > 0.6
+    assert start_timesteps([999, 499], 999) == [999, 499]
+    with pytest.raises(ValueError, match="below every visited step"):
+        start_timesteps(ddim_timesteps(1000, 50), 10)
+    with pytest.raises(ValueError, match="must be an int"):
+        start_timesteps([999, 499], 500.0)
 
 
 def test_ddim_with_all_steps_solves_the_ode_and_matches_the_data() -> None:

@@ -332,3 +332,79 @@ def test_repointing_to_a_fine_tuned_decoder_keeps_the_unet_and_refuses_other_enc
     with pytest.raises(CheckpointError, match="not a decoder-only fine-tune"):
         repoint_first_stage(shipped_like, str(other), tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sr") / "regression"
+    train_sr(sr_config(**{"objective.kind": "regression", "train.steps": 3}), out, progress=False)
+    return out
+
+
+def test_predict_and_refine_starts_ldm_sr_from_the_regression(
+    diffusion_run: Path, regression_run: Path, tmp_path: Path
+):
+    ldm, _ = load_sr(diffusion_run)
+    regression, _ = load_sr(regression_run)
+    low = Bicubic(4)(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1)
+    plain = super_resolve(ldm, low, steps=50, seed=1)
+    predicted = super_resolve(regression, low, "regression")
+    refined = super_resolve(ldm, low, steps=50, seed=1, refine_from=regression, refine_t=19)
+    assert torch.equal(
+        refined, super_resolve(ldm, low, steps=50, seed=1, refine_from=regression, refine_t=19)
+    )
+    # from the last DDIM step (t = 19, abar ~ 1) one step keeps nearly the regression's output,
+    # and the output of a barely trained LDM-SR from pure noise is far from it
+    to_prediction = (refined - predicted).pow(2).mean()
+    assert to_prediction < 0.1 * (plain - predicted).pow(2).mean()
+    assert to_prediction > 0, "the step from t = 19 still changes the prediction"
+    # from a higher step: more of the sampler runs, further from the regression's output
+    higher = super_resolve(ldm, low, steps=50, seed=1, refine_from=regression, refine_t=500)
+    assert (higher - predicted).pow(2).mean() > to_prediction
+    # tiles: an input that fits in one tile gives the untiled result, refinement included
+    tiled = super_resolve(
+        ldm, low, steps=50, seed=1, refine_from=regression, refine_t=500, tile=32, overlap=4
+    )
+    assert torch.allclose(tiled, higher, atol=1e-5)
+    with pytest.raises(ValueError, match="below every visited step"):
+        super_resolve(ldm, low, steps=50, seed=1, refine_from=regression, refine_t=10)
+    with pytest.raises(ValueError, match="needs the diffusion objective and sampler 'ddim'"):
+        super_resolve(ldm, low, steps=5, sampler="ddpm", refine_from=regression)
+    with pytest.raises(ValueError, match="needs the diffusion objective"):
+        super_resolve(regression, low, "regression", refine_from=regression)
+    # a regression on other latents (a latent model here, pixel space above) is refused
+    latent = tmp_path / "latent"
+    train_sr(sr_config(**{"first_stage.checkpoint": "shipped:emoji_kl_f4", "objective.kind":
+                          "regression", "train.steps": 1}), latent, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="trained on other latents"):
+        super_resolve(ldm, low, steps=50, refine_from=load_sr(latent)[0])
+
+
+def test_evaluate_and_cli_refine_from_the_regression(
+    diffusion_run: Path, regression_run: Path, tmp_path: Path, capsys
+):
+    from PIL import Image
+
+    from ldm_mini.cli import main
+    from ldm_mini.superres.evaluation import evaluate_sr
+
+    result = evaluate_sr(diffusion_run, regression_run, n=4, steps=10, refine=True)
+    assert set(result) == {"ldm_sr", "bicubic", "regression", "ldm_sr_refined", "settings"}
+    assert result["settings"]["refine_t"] == 120
+    assert result["ldm_sr_refined"]["psnr"] != pytest.approx(result["ldm_sr"]["psnr"], rel=1e-6)
+    assert evaluate_sr(diffusion_run, regression_run, n=4, steps=10)["settings"]["refine_t"] is None
+    with pytest.raises(ValueError, match="give --regression"):
+        evaluate_sr(diffusion_run, n=4, steps=10, refine=True)
+    photo = tmp_path / "small.png"
+    Image.new("RGB", (12, 8), (30, 140, 200)).save(photo)
+    out = tmp_path / "big.png"
+    argv = ["superres", str(photo), "--out", str(out), "--steps", "10", "--checkpoint",
+            str(diffusion_run)]  # fmt: skip
+    assert main([*argv, "--refine-from", str(regression_run), "--refine-t", "300"]) == 0
+    assert "refined from" in capsys.readouterr().out
+    with Image.open(out) as picture:
+        assert picture.size == (48, 32)
+    assert main([*argv, "--refine-from", str(diffusion_run)]) == 2
+    assert "is not a regression checkpoint" in capsys.readouterr().err
+    assert main([*argv, "--refine-from", str(regression_run), "--refine-t", "5"]) == 2
+    assert "below every visited step" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from ldm_mini.superres.consistency import (
 )
 from ldm_mini.superres.data import SRCrops
 from ldm_mini.superres.degradations import make_degradation
-from ldm_mini.superres.training import load_sr, super_resolve
+from ldm_mini.superres.training import REFINE_T, load_sr, super_resolve
 
 EVALUATION_SEED = 1234  # the held-out crops: the same for every checkpoint
 
@@ -77,10 +77,13 @@ def _upscale(
     seed: int,
     temperature: float = 1.0,
     eta: float = 0.0,
+    refine_from=None,
+    refine_t: int = REFINE_T,
 ) -> Tensor:
     out = [
         super_resolve(ldm, low[i : i + 32], objective, factor=factor, steps=steps, seed=seed + i,
-                      temperature=temperature, eta=eta)
+                      temperature=temperature, eta=eta, refine_from=refine_from,
+                      refine_t=refine_t)
         for i in range(0, len(low), 32)
     ]  # fmt: skip
     return torch.cat(out).cpu()
@@ -99,6 +102,8 @@ def evaluate_sr(
     temperature: float = 1.0,
     eta: float = 0.0,
     split: str = "test",
+    refine: bool = False,
+    refine_t: int = REFINE_T,
 ) -> dict[str, Any]:
     """Scores of ``checkpoint`` (LDM-SR), bicubic upsampling and, when given, the regression
     checkpoint, on the same n held-out crops: ``{"ldm_sr": {...}, "bicubic": {...},
@@ -109,7 +114,9 @@ def evaluate_sr(
     degradation only). ``temperature`` scales LDM-SR's starting noise and ``eta`` its DDIM
     sampler's fresh noise (see :func:`.training.super_resolve`). ``split="train"`` scores crops
     of the training photos instead (the same seed): for choosing settings such as the
-    temperature without looking at the test photos."""
+    temperature without looking at the test photos. ``refine``: also score LDM-SR started from
+    the regression's prediction noised to step ``refine_t`` (entry ``"ldm_sr_refined"``; see
+    :func:`.training.super_resolve`'s ``refine_from``; needs ``regression``)."""
     from ldm_mini.perceptual import PerceptualDistance
 
     start = time.perf_counter()
@@ -122,6 +129,8 @@ def evaluate_sr(
     check_eta(eta)
     if back_projection:
         check_projectable(config["data"]["degradation"])
+    if refine and regression is None:
+        raise ValueError("refine starts LDM-SR from the regression's prediction: give --regression")
     real, low = heldout_crops(config, n, split)
     perceptual = PerceptualDistance("auto", min_size=32).to(device)
     outputs = {
@@ -135,6 +144,10 @@ def evaluate_sr(
         if baseline_config["data"]["degradation"] != config["data"]["degradation"]:
             raise ValueError("the regression baseline was trained on another degradation")
         outputs["regression"] = _upscale(baseline, low, "regression", factor, steps, seed)
+        if refine:
+            outputs["ldm_sr_refined"] = _upscale(
+                ldm, low, "diffusion", factor, steps, seed, temperature, eta, baseline, refine_t
+            )
     if config["first_stage"]["checkpoint"] != "identity":
         with torch.no_grad():
             outputs["reconstruction"] = torch.cat(
@@ -162,6 +175,7 @@ def evaluate_sr(
         "back_projection": back_projection,
         "temperature": temperature,
         "eta": eta,
+        "refine_t": refine_t if refine else None,
         "perceptual_backbone": perceptual.backbone_name,
         "seconds": time.perf_counter() - start,
     }

@@ -39,7 +39,7 @@ from ldm_mini.ldm_training import (
     load_first_stage_of,
     parse_shared_sections,
 )
-from ldm_mini.samplers import check_eta
+from ldm_mini.samplers import check_eta, ddim_timesteps, start_timesteps
 from ldm_mini.superres.concat import concat_condition
 from ldm_mini.superres.data import SRCrops, check_rescale
 from ldm_mini.superres.degradations import DEGRADATIONS, make_degradation
@@ -48,6 +48,9 @@ from ldm_mini.unet import UNet, UNetConfig
 
 STAGE = "sr"
 OBJECTIVES = ("diffusion", "regression")
+# predict and refine: LDM-SR starts from the regression's prediction noised to this step (of
+# 1000); chosen on crops of the training photos (photos_ldm_sr's card)
+REFINE_T = 120
 SECTIONS = ("description", "data", "first_stage", "model", "objective", "diffusion", "latents",
             "optim", "train", "init")  # fmt: skip
 
@@ -119,14 +122,21 @@ def parse_config(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def regression_predict(ldm: LatentDiffusion, low: Tensor, latent_size: tuple[int, int]) -> Tensor:
-    """The regression baseline: z_0 = f_theta([0 ; y], t = 0), (B, c, h, w) scaled latents."""
+def regression_predict(
+    ldm: LatentDiffusion,
+    low: Tensor,
+    latent_size: tuple[int, int],
+    denoiser: nn.Module | None = None,
+) -> Tensor:
+    """The regression baseline: z_0 = f_theta([0 ; y], t = 0), (B, c, h, w) scaled latents.
+
+    ``denoiser``: a wrapper of ``ldm.unet`` to call instead (e.g. a :class:`.TiledDenoiser`)."""
     condition = concat_condition(low, latent_size)
     zeros = torch.zeros(
         low.shape[0], ldm.latent_channels, *latent_size, device=low.device, dtype=low.dtype
     )
     t = torch.zeros(low.shape[0], dtype=torch.long, device=low.device)
-    return ldm.unet(zeros, t, concat=condition)
+    return (denoiser or ldm.unet)(zeros, t, concat=condition)
 
 
 class SRStage(TrainingStage):
@@ -349,6 +359,8 @@ def super_resolve(
     back_projection: int = 0,
     temperature: float = 1.0,
     eta: float = 0.0,
+    refine_from: LatentDiffusion | None = None,
+    refine_t: int = REFINE_T,
 ) -> Tensor:
     """Low-resolution images (B, 3, h, w) in [-1, 1] -> (B, 3, factor h, factor w).
 
@@ -360,6 +372,11 @@ def super_resolve(
     starting noise, x_T ~ N(0, T^2 I): below 1 it trades the samples' diversity (and detail)
     for fidelity (diffusion only). ``eta`` in [0, 1]: the DDIM sampler's fresh noise at each
     step (0: deterministic, the default; 1: as much as DDPM's ancestral sampling).
+
+    ``refine_from`` (diffusion only): a regression model on the same latents (see
+    :func:`load_sr`). Predict and refine (Whang et al. 2022): its prediction z_reg is noised
+    to the first DDIM step t_0 <= ``refine_t`` and LDM-SR runs the remaining steps from there,
+    x_t0 = sqrt(abar_t0) z_reg + sqrt(1 - abar_t0) T eps, instead of from pure noise at t = T-1.
     """
     from ldm_mini.superres.consistency import back_project, check_iterations
     from ldm_mini.superres.tiling import TiledDenoiser
@@ -379,6 +396,8 @@ def super_resolve(
                          f"sampler 'ddim', got {objective!r} and {sampler!r}")  # fmt: skip
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if refine_from is not None:
+        check_refiner(ldm, refine_from, objective, sampler)
     height, width = low.shape[-2] * factor, low.shape[-1] * factor
     f = ldm.downsampling_factor
     if height % f or width % f:
@@ -396,6 +415,16 @@ def super_resolve(
     shape = (low.shape[0], ldm.latent_channels, *latent_size)
     # x_T ~ N(0, T^2 I)
     noise = temperature * torch.randn(shape, generator=generator, device=device)
+    start_timestep = None
+    if refine_from is not None:
+        regression = None if tile is None else TiledDenoiser(refine_from.unet, tile, overlap)
+        z_regression = regression_predict(refine_from, low, latent_size, regression)
+        # the same latents E(x) scaled by each model's own s
+        z_regression = z_regression * (ldm.scale_factor / refine_from.scale_factor)
+        visited = ddim_timesteps(ldm.schedule.num_timesteps, steps)
+        start_timestep = start_timesteps(visited, refine_t)[0]
+        # x_t0 = sqrt(abar_t0) z_reg + sqrt(1 - abar_t0) T eps
+        noise = ldm.schedule.q_sample(z_regression, start_timestep, noise)
     images, _ = ldm.sample(
         low.shape[0],
         latent_size,
@@ -406,5 +435,26 @@ def super_resolve(
         concat=concat_condition(low, latent_size),
         denoiser=denoiser,
         eta=eta,
+        start_timestep=start_timestep,
     )
     return back_project(images, low, factor, back_projection)
+
+
+def check_refiner(
+    ldm: LatentDiffusion, refine_from: LatentDiffusion, objective: str, sampler: str
+) -> None:
+    """Refuse a refinement start that cannot work: LDM-SR with DDIM, the same latents."""
+    from ldm_mini.first_stage import latent_parts_sha256
+
+    if objective != "diffusion" or sampler != "ddim":
+        raise ValueError(
+            "refine_from starts LDM-SR's DDIM sampler from a regression's prediction; it needs "
+            f"the diffusion objective and sampler 'ddim', got {objective!r} and {sampler!r}"
+        )
+    if ldm.latent_channels != refine_from.latent_channels or latent_parts_sha256(
+        ldm.first_stage
+    ) != latent_parts_sha256(refine_from.first_stage):
+        raise ValueError(
+            "refine_from was trained on other latents than this LDM-SR (their first stages' "
+            "encoders differ); give a regression checkpoint on the same first stage"
+        )
