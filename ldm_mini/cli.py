@@ -196,6 +196,8 @@ def _cmd_superres(args: argparse.Namespace) -> int:
 
     ldm, config = load_sr(args.checkpoint, args.device, use_ema=not args.no_ema)
     refine_from = None
+    if args.refine_t is not None and args.refine_from is None:
+        raise ValueError("--refine-t is the noise level of --refine-from: give --refine-from too")
     if args.refine_from is not None:
         if config["objective"]["kind"] != "diffusion":
             raise ValueError(
@@ -364,6 +366,8 @@ def _cmd_evaluate_sr(args: argparse.Namespace) -> int:
     from ldm_mini.superres.evaluation import evaluate_sr
     from ldm_mini.superres.training import REFINE_T
 
+    if args.refine_t is not None and not args.refine:
+        raise ValueError("--refine-t is the noise level of --refine: give --refine too")
     result = evaluate_sr(
         args.checkpoint,
         args.regression,

@@ -408,3 +408,9 @@ def test_evaluate_and_cli_refine_from_the_regression(
     assert "is not a regression checkpoint" in capsys.readouterr().err
     assert main([*argv, "--refine-from", str(regression_run), "--refine-t", "5"]) == 2
     assert "below every visited step" in capsys.readouterr().err
+    assert main([*argv, "--refine-t", "300"]) == 2
+    assert "give --refine-from too" in capsys.readouterr().err
+    evaluate = ["evaluate", "sr", "--checkpoint", str(diffusion_run), "--regression",
+                str(regression_run), "--n", "4", "--steps", "10", "--refine-t", "300"]  # fmt: skip
+    assert main(evaluate) == 2
+    assert "give --refine too" in capsys.readouterr().err
