@@ -53,13 +53,67 @@ def test_cards_are_generated_from_the_manifest(tmp_path: Path, monkeypatch):
     assert list(load_dataset("photos", split="test")["name"]) == list(shipped["name"])
 
 
+def _debian_found() -> bool:
+    try:
+        for _, package, relative, *_ in build.PHOTO_SOURCES:
+            if package.startswith("debian:"):
+                build._debian_file(package.removeprefix("debian:"), relative)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def test_photos_builder_needs_its_source_packages():
-    if importlib.util.find_spec("skimage") and importlib.util.find_spec("sklearn"):
+    python_sources = importlib.util.find_spec("skimage") and importlib.util.find_spec("sklearn")
+    if python_sources and _debian_found():
         rows = build.build_photos()
-        assert len(rows["train"]["image"]) == 7 and len(rows["test"]["image"]) == 3
+        assert len(rows["train"]["image"]) == 33 and len(rows["test"]["image"]) == 3
+        import datasets
+
+        shipped = load_dataset("photos", split="train")
+        assert rows["train"]["name"] == list(shipped["name"])
+        assert rows["train"]["license"] == list(shipped["license"])
+        encoded = shipped.cast_column("image", datasets.Image(decode=False))
+        for index in (0, 6, 7, 20, 32):  # sample photos keep their bytes, wallpapers shrunk
+            assert rows["train"]["image"][index]["bytes"] == encoded[index]["image"]["bytes"]
     else:
-        with pytest.raises(FileNotFoundError, match=r"build-data"):
+        with pytest.raises(FileNotFoundError, match=r"build-data|apt-get install"):
             build.build_photos()
+
+
+def test_missing_debian_wallpaper_says_how_to_get_it(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("LDM_MINI_DEB_ROOT", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as info:
+        build._debian_file("mate-backgrounds", "mate/nature/Aqua.jpg")
+    message = str(info.value)
+    assert str(tmp_path / "usr/share/backgrounds/mate/nature/Aqua.jpg") in message
+    assert "apt-get install mate-backgrounds" in message and "LDM_MINI_DEB_ROOT" in message
+    wallpaper = tmp_path / "usr/share/backgrounds/mate/nature/Aqua.jpg"
+    wallpaper.parent.mkdir(parents=True)
+    wallpaper.write_bytes(b"")
+    assert build._debian_file("mate-backgrounds", "mate/nature/Aqua.jpg") == wallpaper
+
+
+def test_shrink_wallpaper_keeps_the_shape_and_never_enlarges():
+    import io
+
+    from PIL import Image
+
+    def jpeg(size: tuple[int, int], mode: str = "RGB") -> bytes:
+        rng = np.random.default_rng(0)
+        pixels = rng.integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(pixels.squeeze(), mode).save(out, format="JPEG", quality=95)
+        return out.getvalue()
+
+    wide = Image.open(io.BytesIO(build.shrink_wallpaper(jpeg((3000, 1500)))))
+    assert (wide.format, wide.mode, wide.size) == ("JPEG", "RGB", (build.WALLPAPER_SIDE, 512))
+    tall = Image.open(io.BytesIO(build.shrink_wallpaper(jpeg((900, 2700), "L"))))
+    assert (tall.mode, tall.size) == ("RGB", (341, build.WALLPAPER_SIDE))
+    small = Image.open(io.BytesIO(build.shrink_wallpaper(jpeg((640, 480)))))
+    assert small.size == (640, 480)
+    # the same bytes in, the same bytes out (the shipped rows can be rebuilt)
+    assert build.shrink_wallpaper(jpeg((2048, 1024))) == build.shrink_wallpaper(jpeg((2048, 1024)))
 
 
 def _same_rows(rebuilt: dict[str, list], shipped, columns: list[str]) -> None:

@@ -100,7 +100,7 @@ def test_crops_per_image_gives_many_native_crops_of_few_photos():
     data = DataConfig(dataset="photos", image_size=64, crops_per_image=5, hflip=False)
     crops = build_dataset(data, seed=1)
     photos = crops.dataset
-    assert len(crops) == 5 * len(photos) == 35
+    assert len(crops) == 5 * len(photos) == 165
     first, again = crops[2], crops[2 + len(photos)]  # two crops of photo 2
     assert first["image"].shape == (3, 64, 64)
     assert not torch.equal(first["image"], again["image"]), "each repeat has its own crop"

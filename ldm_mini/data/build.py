@@ -6,6 +6,7 @@ or ``--out DIR``)::
     python -m ldm_mini.data.build fashion_mnist   # needs Debian's dataset-fashion-mnist
     python -m ldm_mini.data.build emoji           # needs Debian's fonts-noto-color-emoji
     python -m ldm_mini.data.build photos          # needs pip install -e ".[build-data]"
+                                                  # and three Debian wallpaper packages
     python -m ldm_mini.data.build all
 
 Each builder writes one parquet shard per split through ``datasets`` (images PNG/JPEG
@@ -20,6 +21,7 @@ import argparse
 import gzip
 import io
 import json
+import os
 import struct
 import sys
 import unicodedata
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ldm_mini.data.bundled import MANIFEST_NAME, data_dir, sha256_file
 
@@ -77,7 +79,75 @@ PHOTO_SOURCES: tuple[tuple[str, str, str, str, str, str, str], ...] = (
      "a flower", "CC-BY-2.0", "vultilion (Flickr), via scikit-learn"),
     ("grace_hopper", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "test",
      "Rear Admiral Grace Hopper", "public domain", "U.S. Navy, via matplotlib"),
+) + tuple(
+    (name, f"debian:{package}", path, "train", caption, licence,
+     f"{credit}, via Debian's {package}")
+    for name, package, path, caption, licence, credit in (
+        ("aqua", "mate-backgrounds", "mate/nature/Aqua.jpg",
+         "a drop falling into water", "GPL-2.0-or-later", "Charles Barbin"),
+        ("blinds", "mate-backgrounds", "mate/nature/Blinds.jpg",
+         "a green leaf lit from behind", "GPL-2.0-or-later",
+         "Lennart Poettering, Andrea Cimitan"),
+        ("dune", "mate-backgrounds", "mate/nature/Dune.jpg",
+         "dune grass by the sea", "GPL-2.0-or-later", "Marco Cogoni, Hylke Bons"),
+        ("fresh_flower", "mate-backgrounds", "mate/nature/FreshFlower.jpg",
+         "an orange flower", "GPL-2.0-or-later", "Jens Ansorg"),
+        ("garden", "mate-backgrounds", "mate/nature/Garden.jpg",
+         "a red and yellow flower", "GPL-2.0-or-later", "Charles Barbin"),
+        ("green_meadow", "mate-backgrounds", "mate/nature/GreenMeadow.jpg",
+         "young grass", "GPL-2.0-or-later", "Timothy Schellhase, Lapo Calamandrei"),
+        ("ladybird", "mate-backgrounds", "mate/nature/LadyBird.jpg",
+         "a ladybird on a grass stem among blue flowers", "GPL-2.0-or-later",
+         "Charles Barbin"),
+        ("rain_drops", "mate-backgrounds", "mate/nature/RainDrops.jpg",
+         "rain drops on leaves", "GPL-2.0-or-later", "blackcombwhistler07"),
+        ("storm", "mate-backgrounds", "mate/nature/Storm.jpg",
+         "a storm over a road", "GPL-2.0-or-later", "Sergey Nazarov"),
+        ("two_wings", "mate-backgrounds", "mate/nature/TwoWings.jpg",
+         "a dandelion seed before an orange flower", "GPL-2.0-or-later",
+         "Charles Barbin, Hylke Bons"),
+        ("wood", "mate-backgrounds", "mate/nature/Wood.jpg",
+         "weathered wood", "GPL-2.0-or-later", "Jean-François Fortin Tam"),
+        ("yellow_flower", "mate-backgrounds", "mate/nature/YellowFlower.jpg",
+         "a yellow flower", "GPL-2.0-or-later", "Charles Barbin"),
+        ("bridge", "lomiri-wallpapers-16.04", "Bridge_by_Sander_Klootwijk.jpg",
+         "cables of a bridge against the sky", "CC-BY-SA-4.0", "Sander Klootwijk"),
+        ("dragonfly", "lomiri-wallpapers-16.04", "Dragonfly_by_Bolly.jpg",
+         "a dragonfly on a branch", "CC-BY-SA-4.0", "Bolly"),
+        ("fig", "lomiri-wallpapers-16.04", "Picture_0B_by_freespace.jpg",
+         "a fig in a red bowl", "CC-BY-4.0", "Trevor (freespace)"),
+        ("brushes", "lomiri-wallpapers-16.04", "Picture_1A_by_freespace.jpg",
+         "paint brushes", "CC-BY-4.0", "Trevor (freespace)"),
+        ("wine", "lomiri-wallpapers-16.04", "Wine_by_Jakkub_Mede.jpg",
+         "a room with a bottle of wine and a drum", "CC-BY-4.0", "Jakkub Mede"),
+        ("aitzgorri", "lomiri-wallpapers-16.04", "aitzgorri_by_Aitzol_Berasategi.jpg",
+         "an autumn forest below a mountain", "CC-BY-4.0", "Aitzol Berasategi"),
+        ("toy_bird", "lomiri-wallpapers-16.04", "free_by_Peter_Nerlich.jpg",
+         "a toy bird under lamps", "CC-BY-SA-4.0", "Peter Nerlich"),
+        ("dogs", "lomiri-wallpapers-16.04", "friends_by_Aitzol_Berasategi.jpg",
+         "two dogs at a window", "CC-BY-4.0", "Aitzol Berasategi"),
+        ("clock", "lomiri-wallpapers-16.04", "greentock_by_Peter_Nerlich.jpg",
+         "a wall clock", "CC-BY-SA-4.0", "Peter Nerlich"),
+        ("stream", "lomiri-wallpapers-16.04", "life_by_Aitzol_Berasategi.jpg",
+         "a forest stream", "CC-BY-4.0", "Aitzol Berasategi"),
+        ("picos_de_europa", "lomiri-wallpapers-16.04",
+         "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+         "mountains of the Picos de Europa", "CC-BY-4.0", "Aitzol Berasategi"),
+        ("dandelions", "lomiri-wallpapers-16.04", "seeding_by_Clements_Engelhardt.jpg",
+         "dandelion clocks in a meadow", "CC0-1.0", "Clemens Engelhardt"),
+        ("sunset", "lomiri-wallpapers-16.04", "sunset_by_Aitzol_Berasategi.jpg",
+         "the sun setting over hills", "CC-BY-4.0", "Aitzol Berasategi"),
+        ("nuthatch", "lomiri-wallpapers-20.04", "Kleiber_by_Lukas_Baubkus.jpg",
+         "a nuthatch on a tree trunk", "CC-BY-SA-3.0", "Lukas Baubkus"),
+    )
 )  # fmt: skip
+# The Debian wallpapers (1,280 to 6,028 px, up to 6 MB each) are stored smaller: longer side
+# WALLPAPER_SIDE px (Lanczos), JPEG quality WALLPAPER_QUALITY (a resized copy is a derivative
+# under the same licence). Under /usr/share/backgrounds/, or $LDM_MINI_DEB_ROOT/usr/share/
+# backgrounds/ for packages unpacked with `dpkg-deb -x PACKAGE.deb $LDM_MINI_DEB_ROOT`.
+DEBIAN_BACKGROUNDS = Path("usr/share/backgrounds")
+WALLPAPER_SIDE = 1024
+WALLPAPER_QUALITY = 90
 
 METADATA: dict[str, dict[str, Any]] = {
     "fashion_mnist": {
@@ -109,17 +179,26 @@ METADATA: dict[str, dict[str, Any]] = {
     },
     "photos": {
         "title": "Sample photographs",
-        "license": "per image (public domain, CC0-1.0, CC-BY-2.0): see the license column",
-        "source": "the sample images shipped by scikit-image, scikit-learn and matplotlib",
-        "description": "Natural RGB photographs at their original size (300 to 1411 px), stored "
-        "with their original PNG/JPEG bytes, for super-resolution crops. Whole photos are held "
-        "out for the test split: "
+        "license": "per image (public domain, CC0-1.0, CC-BY-2.0, CC-BY-4.0, CC-BY-SA-3.0, "
+        "CC-BY-SA-4.0, GPL-2.0-or-later): see the license column",
+        "source": "the sample images shipped by scikit-image, scikit-learn and matplotlib; "
+        "photographs among the desktop wallpapers of the Debian packages mate-backgrounds, "
+        "lomiri-wallpapers-16.04 and lomiri-wallpapers-20.04 (licences from their "
+        "debian/copyright)",
+        "description": "Natural RGB photographs for super-resolution crops. The 10 sample "
+        f"images at their original size (300 to 1411 px) with their original PNG/JPEG bytes; the "
+        f"{sum(p[1].startswith('debian:') for p in PHOTO_SOURCES)} wallpaper photos (train only) "
+        f"resized to a longer side of {WALLPAPER_SIDE} px (Lanczos) and stored as JPEG quality "
+        f"{WALLPAPER_QUALITY}, each resized copy under its original's licence. Whole photos are "
+        "held out for the test split: "
         + ", ".join(p[0] for p in PHOTO_SOURCES if p[3] == "test")
-        + ". CC-BY-2.0 images need attribution (the credit column).",
+        + ". CC-BY and GPL images need attribution (the credit column); CC-BY-SA and GPL ones "
+        "pass their licence on to copies and adaptations.",
         "image": "various sizes, mode RGB",
         "columns": ["image", "caption", "name", "license", "credit"],
         "build_command": "python -m ldm_mini.data.build photos",
-        "requires": 'pip install -e ".[build-data]"',
+        "requires": 'pip install -e ".[build-data]"; apt-get install mate-backgrounds '
+        "lomiri-wallpapers-16.04 lomiri-wallpapers-20.04",
     },
 }
 
@@ -231,13 +310,42 @@ def _package_file(package: str, relative: str) -> Path:
     return path
 
 
+def _debian_file(package: str, relative: str) -> Path:
+    root = Path(os.environ.get("LDM_MINI_DEB_ROOT", "/"))
+    path = root / DEBIAN_BACKGROUNDS / relative
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: the source is missing. Install it with `apt-get install "
+            f"{package}`, or unpack it without root (`apt-get download {package}`, then "
+            "`dpkg-deb -x` the .deb into a folder) and set LDM_MINI_DEB_ROOT to that folder."
+        )
+    return path
+
+
+def shrink_wallpaper(raw: bytes) -> bytes:
+    """A wallpaper's JPEG bytes -> RGB, longer side WALLPAPER_SIDE (Lanczos), JPEG bytes."""
+    with Image.open(io.BytesIO(raw)) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    scale = WALLPAPER_SIDE / max(image.size)
+    if scale < 1:
+        size = (round(image.width * scale), round(image.height * scale))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=WALLPAPER_QUALITY)
+    return out.getvalue()
+
+
 def build_photos() -> dict[str, dict[str, list]]:
-    """Rows per split with the photos' original encoded bytes (no re-encoding)."""
+    """Rows per split: the sample photos' original encoded bytes, the wallpapers shrunk."""
     columns = ("image", "caption", "name", "license", "credit")
     splits: dict[str, dict[str, list]] = {s: {c: [] for c in columns} for s in ("train", "test")}
     for name, package, relative, split, caption, licence, credit in PHOTO_SOURCES:
-        path = _package_file(package, relative)
-        raw = path.read_bytes()
+        if package.startswith("debian:"):
+            path = _debian_file(package.removeprefix("debian:"), relative)
+            raw = shrink_wallpaper(path.read_bytes())
+        else:
+            path = _package_file(package, relative)
+            raw = path.read_bytes()
         with Image.open(io.BytesIO(raw)) as probe:
             if probe.mode != "RGB":
                 raise ValueError(f"{path} is {probe.mode}, the photos set holds RGB images only")

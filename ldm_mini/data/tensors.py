@@ -40,7 +40,8 @@ def colour_jitter(
     The channels are permuted (one of the 6 orders, uniformly), then pushed away from or
     towards their per-pixel mean m by a factor s ~ U(saturation) and clamped to [-1, 1]:
     a few photos then show a model many more colours than they have (the bundled ``photos``
-    train split has 7, mostly red, brown and black; its test photos are orange and navy).
+    train split first had 7, mostly red, brown and black, while its test photos are orange
+    and navy; its 26 later wallpaper photos add greens, yellows and blues).
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"colour_jitter needs an RGB image (3, H, W), got {tuple(image.shape)}")
