@@ -581,8 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     superres.add_argument(
         "--refine-t",
         type=int,
-        help="with --refine-from: the noise level (step of 1000) to start at (default: 120, "
-        "ldm_mini.superres.training.REFINE_T, chosen on the training photos)",
+        help="with --refine-from: the noise level (step of 1000) to start at (default: 60, "
+        "ldm_mini.superres.training.REFINE_T, chosen on the training photos; the sampler "
+        "needs a step at or below it: 17 or more --steps for 60)",
     )
     superres.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     superres.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
@@ -684,8 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev_sr.add_argument(
         "--refine-t",
         type=int,
-        help="with --refine: the noise level (step of 1000) to start at (default: 120, "
-        "ldm_mini.superres.training.REFINE_T, chosen on the training photos)",
+        help="with --refine: the noise level (step of 1000) to start at (default: 60, "
+        "ldm_mini.superres.training.REFINE_T, chosen on the training photos; the sampler "
+        "needs a step at or below it: 17 or more --steps for 60)",
     )
     ev_sr.add_argument("--device", default="cpu")
     ev_sr.add_argument("--json", action="store_true", help="print one JSON object")

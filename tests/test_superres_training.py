@@ -12,6 +12,7 @@ from ldm_mini.checkpoints import load_checkpoint
 from ldm_mini.configs import apply_overrides
 from ldm_mini.superres import Bicubic
 from ldm_mini.superres.training import (
+    REFINE_T,
     export_sr,
     load_sr,
     load_sr_preset,
@@ -388,9 +389,9 @@ def test_evaluate_and_cli_refine_from_the_regression(
     from ldm_mini.cli import main
     from ldm_mini.superres.evaluation import evaluate_sr
 
-    result = evaluate_sr(diffusion_run, regression_run, n=4, steps=10, refine=True)
+    result = evaluate_sr(diffusion_run, regression_run, n=4, steps=20, refine=True)
     assert set(result) == {"ldm_sr", "bicubic", "regression", "ldm_sr_refined", "settings"}
-    assert result["settings"]["refine_t"] == 120
+    assert result["settings"]["refine_t"] == REFINE_T
     assert result["ldm_sr_refined"]["psnr"] != pytest.approx(result["ldm_sr"]["psnr"], rel=1e-6)
     assert evaluate_sr(diffusion_run, regression_run, n=4, steps=10)["settings"]["refine_t"] is None
     with pytest.raises(ValueError, match="give --regression"):

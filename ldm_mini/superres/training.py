@@ -49,8 +49,8 @@ from ldm_mini.unet import UNet, UNetConfig
 STAGE = "sr"
 OBJECTIVES = ("diffusion", "regression")
 # predict and refine: LDM-SR starts from the regression's prediction noised to this step (of
-# 1000); chosen on crops of the training photos (photos_ldm_sr's card)
-REFINE_T = 120
+# 1000); chosen on 600 crops of the training photos (photos_ldm_sr's card has the sweep)
+REFINE_T = 60
 SECTIONS = ("description", "data", "first_stage", "model", "objective", "diffusion", "latents",
             "optim", "train", "init")  # fmt: skip
 
