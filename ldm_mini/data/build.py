@@ -141,7 +141,7 @@ PHOTO_SOURCES: tuple[tuple[str, str, str, str, str, str, str], ...] = (
          "a nuthatch on a tree trunk", "CC-BY-SA-3.0", "Lukas Baubkus"),
     )
 )  # fmt: skip
-# The Debian wallpapers (1,280 to 6,028 px, up to 6 MB each) are stored smaller: longer side
+# The Debian wallpapers (1,280 to 6,028 px, up to 4.4 MB each) are stored smaller: longer side
 # WALLPAPER_SIDE px (Lanczos), JPEG quality WALLPAPER_QUALITY (a resized copy is a derivative
 # under the same licence). Under /usr/share/backgrounds/, or $LDM_MINI_DEB_ROOT/usr/share/
 # backgrounds/ for packages unpacked with `dpkg-deb -x PACKAGE.deb $LDM_MINI_DEB_ROOT`.
