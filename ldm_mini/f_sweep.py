@@ -5,22 +5,21 @@ first stages with downsampling factors f in {1, 2, 4, 8, 16, 32} and find that s
 space, LDM-1) trains slowly, very large f loses detail in the first stage, and f = 4 to 8
 balance cost and quality. Here, on 32x32 Fashion-MNIST: for each f > 1 a KL autoencoder is
 trained with the same settings and number of steps (latent (c_f, 32/f, 32/f)); f = 1 is pixel
-space (the identity first stage). Then the same U-Net config is trained on each for the same
-number of seconds: the number of steps that fits is measured first (``calibration_steps``
-timed steps per f, all f back to back so that they see the same machine load), so every run
-is reproducible from the steps it records. Each run is scored by FD
-and KID of its samples against the test split, and by its sampling time.
+space (the identity first stage). Then the same class-conditional U-Net config (the LDM preset's
+recipe) is trained on each for the same number of seconds, enforced by the engine's clock
+(``train.max_minutes``: each run trains until its budget is spent, whatever its step rate). Each
+run is scored by FD and KID of its samples against the test split, by the class accuracy of its
+samples (the shipped Fashion-MNIST classifier, :mod:`ldm_mini.classifier`), and by its sampling
+time.
 
-Everything is written under one folder and resumes: a rerun reuses finished runs, the steps and
-the measurements recorded in ``sweep.json`` (delete the folder to measure again).
+Everything is written under one folder and resumes: a rerun reuses finished runs and the
+measurements recorded in ``sweep.json`` (delete the folder to measure again).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +47,7 @@ class SweepConfig:
     data_limit: int | None = None  # training images (None: the whole train split)
     autoencoder_steps: int = 1200  # for every f > 1 (the shipped f = 4 model had 3,600)
     ldm_seconds: float = 300.0  # the wall-clock budget of every LDM's training steps
-    ldm_batch_size: int = 64
-    calibration_steps: int = 12  # timed steps (after 3 warm-up steps) to set the LDM's steps
+    ldm_batch_size: int | None = None  # None: the LDM preset's
     eval_samples: int = 500  # samples (and test images) for FD / KID and reconstructions
     sample_steps: int = 50  # DDIM steps
     seed: int = 0
@@ -65,11 +63,13 @@ class SweepConfig:
                 f"image_size {self.image_size} must be divisible by 2 f = "
                 f"{2 * max(self.factors)} (the U-Net halves the latent once)"
             )
-        for name in ("autoencoder_steps", "calibration_steps", "eval_samples", "sample_steps"):
+        for name in ("autoencoder_steps", "eval_samples", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.ldm_seconds > 0:
             raise ValueError(f"ldm_seconds must be > 0, got {self.ldm_seconds}")
+        if self.ldm_batch_size is not None and self.ldm_batch_size < 1:
+            raise ValueError(f"ldm_batch_size must be None or >= 1, got {self.ldm_batch_size}")
         if self.eval_samples < 2:
             raise ValueError("eval_samples must be >= 2 (FD needs two images)")
 
@@ -103,57 +103,27 @@ def autoencoder_config(f: int, sweep: SweepConfig) -> dict[str, Any]:
     return apply_overrides(preset, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
 
 
-def ldm_config(first_stage: str, sweep: SweepConfig, steps: int) -> dict[str, Any]:
-    """The sweep's LDM preset (its U-Net unchanged; cpu by default), unconditional, on
-    ``first_stage`` (a folder or ``identity``), for ``steps`` steps."""
+def ldm_config(first_stage: str, sweep: SweepConfig) -> dict[str, Any]:
+    """The sweep's LDM preset (its U-Net and recipe unchanged; cpu by default), class-conditional,
+    on ``first_stage`` (a folder or ``identity``), trained for ``sweep.ldm_seconds`` of wall
+    clock (the engine stops when the budget is spent; the cosine decay spans the budget)."""
+    preset = load_ldm_preset(sweep.ldm_preset)
     overrides = {
         "data.dataset": sweep.dataset,
         "data.image_size": sweep.image_size,
         "data.limit": sweep.data_limit,
         "first_stage.checkpoint": first_stage,
-        "condition.kind": "none",
-        "train.steps": steps,
-        "train.batch_size": sweep.ldm_batch_size,
+        "condition.kind": "class",
+        "train.steps": 10**7,  # an upper bound: the clock ends the run
+        "train.max_minutes": sweep.ldm_seconds / 60.0,
+        "train.batch_size": sweep.ldm_batch_size or preset["train"]["batch_size"],
         "train.seed": sweep.seed,
         "train.device": sweep.device,
-        "train.warmup_steps": min(200, steps // 10),
         "train.log_every": 1,
-        "train.sample_every": steps,
-        "train.checkpoint_every": max(1, steps // 4),
+        "train.sample_every": 10**7,  # the last step writes the sample grid
+        "train.checkpoint_every": 500,
     }
-    return apply_overrides(
-        load_ldm_preset(sweep.ldm_preset), [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-    )
-
-
-def measure_steps_per_second(
-    first_stage: str, sweep: SweepConfig, folder: str | Path, warmup: int = 3
-) -> float:
-    """Training steps per second of the sweep's LDM on ``first_stage``: ``warmup`` steps, then
-    ``calibration_steps`` timed ones (the engine's clock, logged every step). ``folder`` is a
-    scratch run folder, deleted afterwards."""
-    folder = Path(folder)
-    shutil.rmtree(folder, ignore_errors=True)
-    total = warmup + sweep.calibration_steps
-    try:
-        train_ldm(ldm_config(first_stage, sweep, total), folder, resume=False, progress=False)
-        log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    seconds = {row["step"]: row["seconds"] for row in log}
-    elapsed = seconds[total] - seconds[warmup]
-    return sweep.calibration_steps / max(elapsed, 1e-9)
-
-
-def _stand_in_first_stage(f: int, sweep: SweepConfig, folder: Path) -> str:
-    """A first stage with f's architecture for timing (one training step: the weights do not
-    change the speed): ``identity`` for f = 1, else an autoencoder checkpoint in ``folder``."""
-    if f == 1:
-        return "identity"
-    config = autoencoder_config(f, sweep)
-    config["train"].update(steps=1, sample_every=1, checkpoint_every=1)
-    train_autoencoder(config, folder, resume=False, progress=False)
-    return str(folder)
+    return apply_overrides(preset, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
 
 
 def _autoencoder_row(path: Path, sweep: SweepConfig) -> dict[str, Any]:
@@ -173,8 +143,9 @@ def run_f_sweep(
 
     Returns one row per f: latent_shape, compression (pixels / latent values), the first
     stage's reconstruction metrics on the test images (ae_psnr, ae_ssim, ae_fd; None for
-    f = 1), the LDM's steps, steps_per_second and train_seconds, its samples' fd and kid
-    against the first ``eval_samples`` test images, and seconds_per_sample.
+    f = 1), the LDM's steps, steps_per_second and train_seconds (the budget, to the step),
+    its samples' fd, kid and class_accuracy (w = 1, the first ``eval_samples`` test images),
+    and seconds_per_sample.
     """
     sweep = sweep or SweepConfig()
     out = Path(out)
@@ -188,19 +159,9 @@ def run_f_sweep(
                 f"{out} holds a sweep with other settings ({manifest.get('config')}); "
                 "pick another folder or delete it to start over"
             )
-    # the rates first, back to back, so that every f is timed under the same machine load
-    for f in sweep.factors:
-        run = manifest["runs"].setdefault(str(f), {})
-        if "steps" not in run:
-            scratch = out / f"calibration_f{f}"
-            first_stage = _stand_in_first_stage(f, sweep, scratch / "autoencoder")
-            rate = measure_steps_per_second(first_stage, sweep, scratch / "ldm")
-            shutil.rmtree(scratch, ignore_errors=True)
-            run.update(steps_per_second=rate, steps=max(1, math.floor(rate * sweep.ldm_seconds)))
-            manifest_path.write_text(json.dumps(manifest, indent=1))
     rows = []
     for f in sweep.factors:
-        run = manifest["runs"][str(f)]
+        run = manifest["runs"].setdefault(str(f), {})
         if "result" in run:  # trained and measured by an earlier call
             rows.append(run["result"])
             continue
@@ -218,8 +179,8 @@ def run_f_sweep(
             first_stage = str(folder)
             row = _autoencoder_row(folder, sweep)
         folder = out / f"ldm_f{f}"
-        train_ldm(ldm_config(first_stage, sweep, run["steps"]), folder, progress=progress)
-        log = (folder / "log.jsonl").read_text().splitlines()
+        train_ldm(ldm_config(first_stage, sweep), folder, progress=progress)
+        last = json.loads((folder / "log.jsonl").read_text().splitlines()[-1])
         score = evaluate_ldm(
             folder,
             n=sweep.eval_samples,
@@ -231,13 +192,14 @@ def run_f_sweep(
         row.update(
             f=f,
             compression=sweep.image_size**2 / (channels * height * width),
-            steps=run["steps"],
-            steps_per_second=run["steps_per_second"],
-            train_seconds=json.loads(log[-1])["seconds"],
+            steps=last["step"],
+            steps_per_second=last["step"] / last["seconds"],
+            train_seconds=last["seconds"],
             fd=score["fd"],
             fd_label=score["fd_label"],
             kid=score["kid"],
             kid_std=score["kid_std"],
+            class_accuracy=score.get("class_accuracy"),
             seconds_per_sample=score["seconds_per_sample"],
         )
         run["result"] = row

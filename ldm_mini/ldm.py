@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ldm_mini.conditioning import check_class_labels
-from ldm_mini.diffusion import NoiseSchedule
+from ldm_mini.diffusion import MIN_SNR_GAMMA, NoiseSchedule
 from ldm_mini.samplers import (
     ClassifierFreeGuidance,
     SamplerOutput,
@@ -311,6 +311,8 @@ class LatentDiffusion(nn.Module):
         noise: Tensor | None = None,
         captions: Sequence[str] | None = None,
         concat: Tensor | None = None,
+        weighting: str | None = None,
+        min_snr_gamma: float = MIN_SNR_GAMMA,
     ) -> Tensor:
         """L_LDM = E_{z_0, t, eps} ||eps - eps_theta(z_t, t, y)||^2 on scaled latents z0.
 
@@ -322,6 +324,8 @@ class LatentDiffusion(nn.Module):
         has ``concat_channels`` (super-resolution: the low-resolution image at the latent's
         size, :func:`ldm_mini.superres.concat_condition`); it is never dropped.
         ``t`` (B,) and ``noise`` (like z0) are drawn with ``generator`` unless given.
+        ``weighting``: None for the plain loss, "min_snr" for Min-SNR-``min_snr_gamma``
+        weights (:meth:`~ldm_mini.diffusion.NoiseSchedule.min_snr_weight`).
         """
         if z0.ndim != 4 or z0.shape[1] != self.latent_channels:
             raise ValueError(
@@ -338,7 +342,14 @@ class LatentDiffusion(nn.Module):
         if concat is not None or self.unet.config.concat_channels:
             kwargs["concat"] = self._checked_concat(concat, z0.shape[0], tuple(z0.shape[-2:]))
         return self.schedule.training_loss(
-            self.unet, z0, t=t, noise=noise, generator=generator, model_kwargs=kwargs
+            self.unet,
+            z0,
+            t=t,
+            noise=noise,
+            generator=generator,
+            model_kwargs=kwargs,
+            weighting=weighting,
+            min_snr_gamma=min_snr_gamma,
         )
 
     # -- sampling ------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from ldm_mini.checkpoints import (
     weights_sha256s,
 )
 from ldm_mini.conditioning import UNKNOWN_POLICIES, TextEncoder, WordTokenizer
-from ldm_mini.diffusion import NoiseSchedule
+from ldm_mini.diffusion import WEIGHTINGS, NoiseSchedule
 from ldm_mini.first_stage import DataConfig, build_dataset, load_autoencoder
 from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor
 from ldm_mini.train import TrainConfig, Trainer, TrainingStage, config_from_dict
@@ -67,6 +67,17 @@ class DiffusionConfig(_Section):
     schedule: str = "scaled_linear"
     num_timesteps: int = 1000
     parameterization: str = "eps"
+    # None: the plain MSE to the target (LDM Eq. 2); "min_snr": Min-SNR-gamma (Hang et al.)
+    weighting: str | None = None
+    min_snr_gamma: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"diffusion.weighting must be one of {list(WEIGHTINGS)}, got {self.weighting!r}"
+            )
+        if not self.min_snr_gamma > 0:
+            raise ValueError(f"diffusion.min_snr_gamma must be > 0, got {self.min_snr_gamma!r}")
 
     def build(self) -> NoiseSchedule:
         return NoiseSchedule.from_name(
@@ -406,6 +417,8 @@ class LDMStage(TrainingStage):
             t=draws.t[part].to(z0.device),
             noise=draws.noise[part].to(z0.device),
             captions=captions,
+            weighting=self.parsed["diffusion"].weighting,
+            min_snr_gamma=self.parsed["diffusion"].min_snr_gamma,
         )
         return loss, {"loss": float(loss.detach())}
 
@@ -972,6 +985,7 @@ def evaluate_ldm(
     )
     sampling_seconds = time.perf_counter() - sample_start
     fd = metrics.frechet_distance(real, fake, feature_extractor)
+    labels = sample_labels(ldm, n)
     result: dict[str, Any] = {
         "checkpoint": str(path),
         "dataset": data.dataset,
@@ -987,6 +1001,16 @@ def evaluate_ldm(
     if with_kid:
         kid = metrics.kernel_inception_distance(real, fake, fd["feature_extractor"])
         result.update(kid=kid["kid_mean"], kid_std=kid["kid_std"], kid_label=kid["label"])
+    if labels is not None and data.dataset == "fashion_mnist":
+        from ldm_mini.classifier import class_accuracy, load_classifier
+
+        # the fraction of samples the shipped classifier reads as the class asked for
+        accuracy = class_accuracy(load_classifier(device=device), fake, labels)
+        result.update(
+            class_accuracy=accuracy["accuracy"],
+            class_accuracy_by_class=accuracy["per_class"],
+            classifier="shipped:fashion_mnist_classifier",
+        )
     if ldm.condition_encoder is not None and data.dataset == "shapes":
         result.update(
             shapes_conditioning(

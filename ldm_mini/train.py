@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,9 @@ class TrainConfig:
     num_workers: int = 0
     # EMA of the weights of the stage's ema_module() (None: off); sampling uses it by default
     ema_decay: float | None = None
+    # a wall-clock budget: stop when the training seconds reach it (None: train all steps);
+    # steps stays an upper bound, and a cosine schedule decays over whichever ends first
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -78,6 +81,8 @@ class TrainConfig:
         for name in ("log_every", "sample_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be None (no budget) or > 0, got {self.max_minutes}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -481,6 +486,8 @@ class Trainer:
         if config.lr_schedule == "cosine" and step > config.warmup_steps:
             # cosine decay after warmup: r + (1 - r) * (1 + cos(pi * progress)) / 2
             progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+            if config.max_minutes is not None:  # the clock's progress, if it runs out first
+                progress = max(progress, self.seconds / (60.0 * config.max_minutes))
             ratio = config.min_lr_ratio
             factor = ratio + (1.0 - ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         for name, optimizer in self.stage.optimizers().items():
@@ -537,13 +544,23 @@ class Trainer:
             folder / f"step_{self.step:06d}.png"
         )
 
-    def fit(self) -> dict[str, Any]:
-        """Train from the current step to ``config.steps``; returns the last logged values."""
+    def out_of_time(self) -> bool:
+        """True when ``max_minutes`` is set and the training seconds have reached it."""
+        budget = self.config.max_minutes
+        return budget is not None and self.seconds >= 60.0 * budget
+
+    def fit(self, callback: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
+        """Train from the current step to ``config.steps`` (or until ``max_minutes`` of
+        training); returns the last logged values.
+
+        ``callback(trainer)`` runs after every step (e.g. to evaluate during training); its
+        time is not counted in ``trainer.seconds``, the training time.
+        """
         from tqdm.auto import tqdm
 
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.step >= config.steps:
+        if self.step >= config.steps or self.out_of_time():
             return {"step": self.step, "seconds": self.seconds, "note": "already complete"}
         fixed = self._fixed_batch()
         set_epoch = getattr(self.dataset, "set_epoch", None) if config.num_workers == 0 else None
@@ -570,19 +587,39 @@ class Trainer:
                 self.step = step
                 self.seconds = time.perf_counter() - start
                 bar.update(1)
-                if step % config.log_every == 0 or step == config.steps:
+                # the last step: all steps done, or the clock ran out (every process agrees)
+                final = step == config.steps or self._agreed(self.out_of_time())
+                if step % config.log_every == 0 or final:
                     last = {"step": step, **values, "seconds": round(self.seconds, 3)}
                     log.write(json.dumps(last) + "\n")
                     log.flush()
                     bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if "loss" in k})
-                if main_process and (step % config.sample_every == 0 or step == config.steps):
+                if main_process and (step % config.sample_every == 0 or final):
                     self._write_samples(fixed)
-                if step % config.checkpoint_every == 0 or step == config.steps:
+                if step % config.checkpoint_every == 0 or final:
                     if main_process:
                         self.save()
                     self._barrier()
+                if callback is not None:
+                    paused = time.perf_counter()
+                    callback(self)
+                    for module in self.stage.modules().values():
+                        module.train()
+                    start += time.perf_counter() - paused  # the callback is not training time
+                if final:
+                    break
         bar.close()
         return last
+
+    def _agreed(self, flag: bool) -> bool:
+        """``flag`` on rank 0, the same on every process (the clock differs between them)."""
+        if self.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.broadcast(value, 0)
+        return bool(value.item())
 
     def _train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
         stage, config = self.stage, self.config

@@ -14,6 +14,7 @@ from ldm_mini.f_sweep import (
     ldm_config,
     run_f_sweep,
 )
+from ldm_mini.ldm_training import load_ldm_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,7 +26,6 @@ TINY = dict(
     autoencoder_steps=3,
     ldm_seconds=0.5,
     ldm_batch_size=8,
-    calibration_steps=2,
     eval_samples=6,
     sample_steps=2,
 )
@@ -38,6 +38,8 @@ def test_settings_reject_unknown_factors_and_indivisible_sizes():
         SweepConfig(factors=(8,), image_size=24)
     with pytest.raises(ValueError, match="ldm_seconds"):
         SweepConfig(ldm_seconds=0)
+    with pytest.raises(ValueError, match="ldm_batch_size"):
+        SweepConfig(ldm_batch_size=0)
 
 
 @pytest.mark.parametrize("f", sorted(LATENT_CHANNELS))
@@ -54,13 +56,18 @@ def test_each_autoencoder_has_its_factor_and_the_presets_other_settings(f):
         autoencoder_config(1, sweep)
 
 
-def test_every_factor_gets_the_same_unet_and_no_condition():
-    sweep = SweepConfig()
-    configs = [ldm_config(source, sweep, 100) for source in ("identity", "runs/a", "runs/b")]
+def test_every_factor_gets_the_same_unet_recipe_and_wall_clock_budget():
+    sweep = SweepConfig(ldm_seconds=90)
+    preset = load_ldm_preset("cpu")
+    configs = [ldm_config(source, sweep) for source in ("identity", "runs/a", "runs/b")]
     assert all(c["model"] == configs[0]["model"] for c in configs)
-    assert all(c["condition"]["kind"] == "none" for c in configs)
+    assert all(c["condition"]["kind"] == "class" for c in configs)
     assert [c["first_stage"]["checkpoint"] for c in configs] == ["identity", "runs/a", "runs/b"]
-    assert configs[0]["train"]["steps"] == 100 and configs[0]["train"]["warmup_steps"] == 10
+    for config in configs:
+        # the clock ends every run: 1.5 minutes each, the preset's recipe otherwise
+        assert config["train"]["max_minutes"] == 1.5 and config["train"]["steps"] >= 10**6
+        assert config["diffusion"] == preset["diffusion"] and config["optim"] == preset["optim"]
+        assert config["train"]["batch_size"] == preset["train"]["batch_size"]
 
 
 def test_a_tiny_sweep_measures_each_factor_and_resumes_without_training_again(tmp_path):
@@ -72,12 +79,17 @@ def test_a_tiny_sweep_measures_each_factor_and_resumes_without_training_again(tm
     assert latent["latent_shape"] == [4, 16, 16] and latent["compression"] == 1.0
     assert latent["ae_psnr"] > 0 and latent["ae_fd"] > 0
     for row in rows:
-        # the steps are what the measured rate allows in the budget
-        assert row["steps"] == max(1, int(row["steps_per_second"] * sweep.ldm_seconds))
+        # each run trained until its clock reached the budget, and no step longer
+        seconds = [
+            json.loads(line)["seconds"]
+            for line in (tmp_path / f"ldm_f{row['f']}" / "log.jsonl").read_text().splitlines()
+        ]
+        assert row["train_seconds"] == seconds[-1] >= sweep.ldm_seconds
+        assert len(seconds) == row["steps"]
+        assert len(seconds) == 1 or seconds[-2] < sweep.ldm_seconds
         assert row["fd"] > 0 and row["seconds_per_sample"] > 0
-    assert not list(tmp_path.glob("calibration_*")), "the timing runs are removed"
+        assert 0.0 <= row["class_accuracy"] <= 1.0
     manifest = json.loads((tmp_path / "sweep.json").read_text())
-    assert manifest["runs"]["2"]["steps"] == latent["steps"]
     assert manifest["runs"]["2"]["result"] == latent  # measured once, reused by a rerun
     logs = {f: (tmp_path / f"ldm_f{f}" / "log.jsonl").read_text() for f in (1, 2)}
     again = run_f_sweep(tmp_path, sweep, progress=False)

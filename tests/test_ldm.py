@@ -192,6 +192,35 @@ def test_training_loss_is_the_schedule_loss_with_class_labels():
     assert torch.isfinite(other)
 
 
+def test_min_snr_weighting_reaches_the_schedule_and_matches_its_formula():
+    ldm = tiny_ldm(num_classes=3)
+    ldm.schedule = NoiseSchedule.from_name("linear", 50, parameterization="v")
+    z0, labels = torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 2, 0])
+    t, noise = torch.tensor([0, 10, 30, 49]), torch.randn(4, 3, 4, 4)
+    weighted = ldm.training_loss(z0, labels, 0.0, t=t, noise=noise, weighting="min_snr",
+                                 min_snr_gamma=2.0)  # fmt: skip
+    # by hand: per-sample MSE to v, times min(SNR, gamma) / (SNR + 1)
+    with torch.no_grad():
+        z_t = ldm.schedule.q_sample(z0, t, noise)
+        output = ldm.unet(z_t, t, class_labels=labels)
+    per_sample = ((output - ldm.schedule.v_from(z0, noise, t)) ** 2).mean(dim=(1, 2, 3))
+    alphas_cumprod = ldm.schedule.alphas_cumprod[t].double()
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    weights = snr.clamp(max=2.0) / (snr + 1)
+    expected = float((per_sample.double() * weights).mean())
+    assert float(weighted.detach()) == pytest.approx(expected, rel=1e-5)
+    plain = ldm.training_loss(z0, labels, 0.0, t=t, noise=noise)
+    assert float(plain) == pytest.approx(float(per_sample.mean()), rel=1e-5)
+    assert float(weighted) != pytest.approx(float(plain), rel=1e-3)
+    # the config section reaches the stage's loss, and bad values are refused
+    parsed = parse_config(tiny_config(**{"diffusion.weighting": "min_snr"}))
+    assert parsed["diffusion"].weighting == "min_snr" and parsed["diffusion"].min_snr_gamma == 5.0
+    with pytest.raises(ValueError, match="diffusion.weighting must be one of"):
+        parse_config(tiny_config(**{"diffusion.weighting": "p2"}))
+    with pytest.raises(ValueError, match="min_snr_gamma must be > 0"):
+        parse_config(tiny_config(**{"diffusion.min_snr_gamma": 0}))
+
+
 def test_sampling_shapes_determinism_and_guidance_one():
     ldm = tiny_ldm(num_classes=3).eval()
     with torch.no_grad():

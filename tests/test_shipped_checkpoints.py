@@ -19,6 +19,9 @@ AUTOENCODERS = [
 ]
 LDMS = [p for p in SHIPPED if json.loads((p / "config.json").read_text())["stage"] == "ldm"]
 SRS = [p for p in SHIPPED if json.loads((p / "config.json").read_text())["stage"] == "sr"]
+CLASSIFIERS = [
+    p for p in SHIPPED if json.loads((p / "config.json").read_text())["stage"] == "classifier"
+]
 
 
 def test_every_shipped_checkpoint_is_listed_in_the_index():
@@ -52,8 +55,18 @@ def test_shipped_autoencoder_matches_its_card(path: Path, one_thread):
     assert abs(subset["ssim"] - measured["ssim"]) < 0.03
 
 
-def test_every_shipped_checkpoint_is_an_autoencoder_an_ldm_or_super_resolution():
-    assert set(SHIPPED) == set(AUTOENCODERS) | set(LDMS) | set(SRS) and LDMS
+def test_every_shipped_checkpoint_is_an_autoencoder_an_ldm_super_resolution_or_classifier():
+    assert set(SHIPPED) == set(AUTOENCODERS) | set(LDMS) | set(SRS) | set(CLASSIFIERS) and LDMS
+
+
+@pytest.mark.parametrize("path", CLASSIFIERS, ids=[path.name for path in CLASSIFIERS])
+def test_shipped_classifier_card_prints_its_measured_accuracy(path: Path):
+    config = json.loads((path / "config.json").read_text())
+    assert not (path / "trainer_state.pt").exists(), "shipped checkpoints carry no trainer state"
+    card = (path / "README.md").read_text()
+    measured = config["measured"]
+    assert f"| {measured['test_images']:,} | **{measured['test_accuracy']:.4f}** |" in card
+    assert measured["command"] in card
 
 
 @pytest.mark.parametrize("path", SRS, ids=[path.name for path in SRS])

@@ -167,6 +167,61 @@ def test_cosine_schedule_after_warmup(tmp_path: Path):
         TrainConfig(min_lr_ratio=1.5)
 
 
+class FakeClock:
+    """time.perf_counter for the engine: advanced by hand, so budgets are deterministic."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class TimedStage(RegressionStage):
+    """Each step takes 6 s of (fake) training time."""
+
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock = clock
+
+    def loss(self, optimizer, batch, step, scratch):
+        if optimizer == "net":
+            self.clock.now += 6.0
+        return super().loss(optimizer, batch, step, scratch)
+
+
+def test_a_wall_clock_budget_ends_training_and_excludes_the_callback(tmp_path, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr("ldm_mini.train.time", clock)
+    seen = []
+
+    def callback(trainer):
+        seen.append((trainer.step, trainer.seconds))
+        clock.now += 100.0  # an evaluation: not training time
+
+    config = _config(100, lr_schedule="cosine", max_minutes=0.5, log_every=1)
+    trainer = Trainer(TimedStage(clock), VectorDataset(), config, tmp_path, progress=False)
+    trainer.fit(callback=callback)
+    # 30 s of training at 6 s a step: 5 steps, whatever the callback cost
+    assert trainer.step == 5 and trainer.seconds == pytest.approx(30.0)
+    assert seen == [(s, pytest.approx(6.0 * s)) for s in range(1, 6)]
+    assert load_checkpoint(tmp_path, with_trainer_state=True).step == 5
+    # the cosine decays over the budget: progress max(s / 100, 6 (s - 1) / 30) at step s
+    factors = [row["lr_factor"] for row in _losses(tmp_path)]
+    progress = [max(s / 100, 6 * (s - 1) / 30) for s in range(1, 6)]
+    assert factors == pytest.approx([0.5 * (1 + math.cos(math.pi * p)) for p in progress])
+    # a finished budget trains no more; a larger one resumes from step 5
+    assert Trainer(TimedStage(clock), VectorDataset(), config, tmp_path, progress=False).fit()[
+        "note"
+    ] == "already complete"
+    longer = _config(100, lr_schedule="cosine", max_minutes=1.0, log_every=1)
+    resumed = Trainer(TimedStage(clock), VectorDataset(), longer, tmp_path, progress=False)
+    resumed.fit()
+    assert resumed.step == 10 and resumed.seconds == pytest.approx(60.0)
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(max_minutes=0)
+
+
 def test_precision_choice():
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"

@@ -191,6 +191,8 @@ class SRStage(TrainingStage):
             t=draws.t[draws.part].to(z0.device),
             noise=draws.noise[draws.part].to(z0.device),
             concat=condition,
+            weighting=self.parsed["diffusion"].weighting,
+            min_snr_gamma=self.parsed["diffusion"].min_snr_gamma,
         )
         return loss, {"loss": float(loss.detach())}
 
