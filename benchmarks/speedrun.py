@@ -6,15 +6,18 @@
 From scratch, an LDM preset (default ``cpu``) trains on the shipped autoencoder's latents
 until ``--minutes`` of training (the engine's wall-clock budget, ``train.max_minutes``; a
 cosine schedule decays over that budget). Every ``--eval-every`` minutes of training it
-samples ``--eval-samples`` images (classes in turn, DDIM 50, seed 0, the EMA weights, w = 1)
-and scores them: class accuracy (the shipped Fashion-MNIST classifier) and FD-EffNet against
-as many test images. At the end it scores ``--final-samples`` the same way, at w = 1 and at
+samples ``--eval-samples`` images (classes in turn, DDIM 50 with ``--eta``, seed 0, the EMA
+weights, w = 1) and scores them: class accuracy (the shipped Fashion-MNIST classifier) and
+FD-EffNet against as many test images. At the end it scores ``--final-samples`` the same way, at w = 1 and at
 every ``--guidance``. Evaluation time is not training time.
 
 The two targets, each compared with a reference measured the same way at the same n:
 class accuracy >= 0.8 at w = 1, and FD <= 2x the reconstruction FD (the autoencoder's
 reconstructions of the first n training images against the same n test images). The script
-prints the minutes of training when each was first reached (None: not within the budget) and
+counts only evaluations of at least ``--fd-min-n`` samples (default 1,000) for the FD target:
+FD's upward bias at small n inflates the reference more than the samples' FD and makes the
+ratio look better (the same recipe: 2.42x at n = 300 after 4 minutes, 4.05x at n = 1,000 after
+5). It prints the minutes of training when each was first reached (None: not within the budget) and
 appends one JSON line (recipe, device, threads, every evaluation) to
 ``benchmarks/results/speedrun.jsonl``.
 """
@@ -47,8 +50,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-samples", type=int, default=300)
     parser.add_argument("--final-samples", type=int, default=1000)
     parser.add_argument(
+        "--fd-min-n", type=int, default=1000,
+        help="only evaluations with at least this many samples count for the FD target",
+    )
+    parser.add_argument(
         "--guidance", type=float, nargs="*", default=[3.0],
         help="guidance scales scored at the end besides w = 1 (evaluations during training: w = 1)",
+    )
+    parser.add_argument(
+        "--eta", type=float, default=0.0,
+        help="DDIM's fresh noise per step when sampling (0: deterministic, 1: DDPM-like)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--device", default="cpu")
@@ -66,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Scorer:
     """Class accuracy and FD of samples, and the references, at a given n (cached)."""
 
-    def __init__(self, first_stage, device: str) -> None:
+    def __init__(self, first_stage, device: str, eta: float = 0.0) -> None:
         from ldm_mini.classifier import load_classifier
         from ldm_mini.first_stage import DataConfig, build_dataset
         from ldm_mini.metrics import EfficientNetFeatures
@@ -75,6 +86,7 @@ class Scorer:
         self.features = EfficientNetFeatures().to(device).eval()
         self.first_stage = first_stage
         self.device = device
+        self.eta = eta
         self.test = build_dataset(DataConfig(dataset="fashion_mnist", split="test", image_size=32))
         self.train = build_dataset(
             DataConfig(dataset="fashion_mnist", split="train", image_size=32)
@@ -119,12 +131,13 @@ class Scorer:
         from ldm_mini.metrics import frechet_distance_of_features
 
         start = time.perf_counter()
-        images, labels, _ = generate(ldm, n, 32, guidance=guidance, seed=0)
+        images, labels, _ = generate(ldm, n, 32, guidance=guidance, seed=0, eta=self.eta)
         accuracy = class_accuracy(self.classifier, images, labels)
         fd = frechet_distance_of_features(self.real_features(n), self._features(images))
         reference = self.reconstruction_fd(n)
         return {
             "guidance": guidance,
+            "eta": self.eta,
             "n": n,
             "class_accuracy": round(accuracy["accuracy"], 4),
             "per_class": {k: round(v, 3) for k, v in accuracy["per_class"].items()},
@@ -161,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(f"/tmp/speedrun-{args.name}-{int(time.time())}")
     stage, dataset, train_config = make_stage(config, args.device)
     trainer = Trainer(stage, dataset, train_config, out, resume=False, progress=False)
-    scorer = Scorer(stage.ldm.first_stage, args.device)
+    scorer = Scorer(stage.ldm.first_stage, args.device, args.eta)
     scorer.reconstruction_fd(args.eval_samples)
     guidances = [1.0, *[w for w in args.guidance if w != 1.0]]
     evaluations: list[dict] = []
@@ -179,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 accurate = result["class_accuracy"] >= ACCURACY_TARGET
                 if reached["class_accuracy"] is None and accurate:
                     reached["class_accuracy"] = result["minutes"]
-                if reached["fd"] is None and result["fd_ratio"] <= FD_RATIO_TARGET:
+                counts = result["n"] >= args.fd_min_n  # FD's bias shrinks the ratio at small n
+                if reached["fd"] is None and counts and result["fd_ratio"] <= FD_RATIO_TARGET:
                     reached["fd"] = result["minutes"]
 
     def callback(run: Trainer) -> None:

@@ -132,7 +132,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(
         args.out,
-        train_steps=args.train_steps,
+        train_minutes=args.train_minutes,
+        fresh_guidance=args.fresh_guidance,
         num_samples=args.n,
         eval_samples=args.eval_n,
         seed=args.seed,
@@ -300,6 +301,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         prompts=prompts,
         return_trajectory=args.trajectory is not None,
         progress=not args.quiet,
+        eta=args.eta,
     )
     out = save_image_grid(images, args.out, ncols=int(round(args.n**0.5)))
     print(f"wrote {out} ({args.n} samples, {args.sampler} {args.steps} steps, seed {args.seed})")
@@ -357,6 +359,7 @@ def _cmd_evaluate_ldm(args: argparse.Namespace) -> int:
         feature_extractor=args.features,
         with_kid=not args.no_kid,
         device=args.device,
+        eta=args.eta,
     )
     _print_result(result, args.json)
     return 0
@@ -470,7 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the whole pipeline offline in minutes: writes runs/demo/index.html"
     )
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument("--train-steps", type=int, default=200, help="fresh LDM steps (200)")
+    demo.add_argument(
+        "--train-minutes", type=float, default=3.5,
+        help="training budget of the fresh LDM, minutes of wall clock (default: 3.5)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--fresh-guidance", type=float, default=3.0,
+        help="guidance scale of the fresh LDM's samples (default: 3)",
+    )  # fmt: skip
     demo.add_argument("--n", type=int, default=100, help="samples in the grid (default: 100)")
     demo.add_argument("--eval-n", type=int, default=500, help="samples for FD (default: 500)")
     demo.add_argument("--seed", type=int, default=0)
@@ -594,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     sample.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++"])
     sample.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
+    sample.add_argument(
+        "--eta", type=float, default=0.0,
+        help="DDIM's fresh noise per step, 0 (deterministic, default) to 1 (DDPM-like)",
+    )  # fmt: skip
     sample.add_argument("--guidance", type=float, default=1.0, help="CFG scale w (default: 1)")
     sample.add_argument("--label", type=int, help="one class for all samples (default: 0..K-1)")
     sample.add_argument(
@@ -632,6 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev_ldm.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++"])
     ev_ldm.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
     ev_ldm.add_argument("--guidance", type=float, default=1.0, help="CFG scale w (default: 1)")
+    ev_ldm.add_argument(
+        "--eta", type=float, default=0.0,
+        help="DDIM's fresh noise per step, 0 (deterministic, default) to 1 (DDPM-like)",
+    )  # fmt: skip
     ev_ldm.add_argument("--seed", type=int, default=0)
     ev_ldm.add_argument("--features", default="auto", help="FD feature extractor (default: auto)")
     ev_ldm.add_argument("--no-kid", action="store_true", help="skip KID")

@@ -56,6 +56,7 @@ __all__ = [
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 PARAMETERIZATIONS = ("eps", "x0", "v")
 WEIGHTINGS = (None, "min_snr")
+TIMESTEP_DISTRIBUTIONS = ("uniform", "lognormal")
 MIN_SNR_GAMMA = 5.0  # Hang et al. 2023: the truncation gamma of the Min-SNR-gamma weighting
 
 # Default arguments of each named schedule, as in the papers.
@@ -356,6 +357,38 @@ class NoiseSchedule:
         alphas_cumprod = self.alphas_cumprod[t]
         # SNR(t) = abar_t / (1 - abar_t)
         return alphas_cumprod / (1.0 - alphas_cumprod)
+
+    def sample_timesteps(
+        self,
+        count: int,
+        generator: torch.Generator | None = None,
+        distribution: str = "uniform",
+        log_sigma_mean: float = -0.5,
+        log_sigma_std: float = 1.2,
+    ) -> Tensor:
+        """``count`` training timesteps (LongTensor on the CPU), drawn with ``generator``.
+
+        ``"uniform"``: t ~ U{0, ..., T-1} (DDPM, LDM). ``"lognormal"``: the noise level
+        sigma_t = sqrt((1 - abar_t) / abar_t) is drawn log-normal, ln sigma ~ N(mean, std^2),
+        and mapped to the first t whose sigma_t reaches it (Karras et al. 2022, EDM's training
+        distribution: most training where the loss can still be reduced, less at the extremes;
+        their P_mean = -1.2 for data of std 0.5 is -1.2 + ln 2 = -0.5 for unit-variance latents).
+        """
+        if distribution not in TIMESTEP_DISTRIBUTIONS:
+            raise ValueError(
+                f"unknown timestep distribution {distribution!r}; choose one of "
+                f"{TIMESTEP_DISTRIBUTIONS}."
+            )
+        if distribution == "uniform":
+            return torch.randint(0, self.num_timesteps, (count,), generator=generator)
+        if not log_sigma_std > 0:
+            raise ValueError(f"log_sigma_std must be > 0, got {log_sigma_std!r}.")
+        # ln sigma ~ N(P_mean, P_std^2)
+        log_sigma = log_sigma_mean + log_sigma_std * torch.randn(count, generator=generator)
+        # ln sigma_t = ln sqrt((1 - abar_t) / abar_t) = -ln SNR(t) / 2, increasing in t
+        log_sigmas = -0.5 * torch.log(self.snr(torch.arange(self.num_timesteps)))
+        t = torch.searchsorted(log_sigmas, log_sigma.double())
+        return t.clamp(0, self.num_timesteps - 1)
 
     # ---------------------------------------------------------------- forward process
 

@@ -34,9 +34,10 @@ from ldm_mini.checkpoints import (
     weights_sha256s,
 )
 from ldm_mini.conditioning import UNKNOWN_POLICIES, TextEncoder, WordTokenizer
-from ldm_mini.diffusion import WEIGHTINGS, NoiseSchedule
+from ldm_mini.diffusion import TIMESTEP_DISTRIBUTIONS, WEIGHTINGS, NoiseSchedule
 from ldm_mini.first_stage import DataConfig, build_dataset, load_autoencoder
 from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor
+from ldm_mini.samplers import check_eta
 from ldm_mini.train import TrainConfig, Trainer, TrainingStage, config_from_dict
 from ldm_mini.unet import UNet, UNetConfig
 
@@ -70,8 +71,20 @@ class DiffusionConfig(_Section):
     # None: the plain MSE to the target (LDM Eq. 2); "min_snr": Min-SNR-gamma (Hang et al.)
     weighting: str | None = None
     min_snr_gamma: float = 5.0
+    # how training draws t: "uniform", or "lognormal" in the noise level (EDM's, see
+    # NoiseSchedule.sample_timesteps) with ln sigma ~ N(log_sigma_mean, log_sigma_std^2)
+    timesteps: str = "uniform"
+    log_sigma_mean: float = -0.5
+    log_sigma_std: float = 1.2
 
     def __post_init__(self) -> None:
+        if self.timesteps not in TIMESTEP_DISTRIBUTIONS:
+            raise ValueError(
+                f"diffusion.timesteps must be one of {list(TIMESTEP_DISTRIBUTIONS)}, "
+                f"got {self.timesteps!r}"
+            )
+        if not self.log_sigma_std > 0:
+            raise ValueError(f"diffusion.log_sigma_std must be > 0, got {self.log_sigma_std!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(
                 f"diffusion.weighting must be one of {list(WEIGHTINGS)}, got {self.weighting!r}"
@@ -325,15 +338,27 @@ class GlobalDraws:
 
 
 def global_draws(
-    seed: int, step: int, z0: Tensor, scratch: dict[str, Any], num_timesteps: int
+    seed: int,
+    step: int,
+    z0: Tensor,
+    scratch: dict[str, Any],
+    schedule: NoiseSchedule,
+    diffusion: DiffusionConfig | None = None,
 ) -> GlobalDraws:
     """t and eps for the global batch from a generator fixed by (seed, step): each of N
     processes takes its slice, so N processes train exactly like one (and a resumed run like
-    an uninterrupted one)."""
+    an uninterrupted one). t follows ``diffusion.timesteps`` (uniform by default)."""
     rank, world = scratch.get("rank", 0), scratch.get("world_size", 1)
     local = z0.shape[0]
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    t = torch.randint(0, num_timesteps, (local * world,), generator=generator)
+    diffusion = diffusion or DiffusionConfig()
+    t = schedule.sample_timesteps(
+        local * world,
+        generator,
+        diffusion.timesteps,
+        diffusion.log_sigma_mean,
+        diffusion.log_sigma_std,
+    )
     noise = torch.randn((local * world, *z0.shape[1:]), generator=generator)
     return GlobalDraws(t, noise, slice(rank * local, (rank + 1) * local), generator)
 
@@ -399,7 +424,7 @@ class LDMStage(TrainingStage):
         # generator fixed by (seed, step), and each process takes its slice: so N processes
         # train exactly like one (and a resumed run like an uninterrupted one)
         draws = global_draws(
-            self.parsed["train"].seed, step, z0, scratch, ldm.schedule.num_timesteps
+            self.parsed["train"].seed, step, z0, scratch, ldm.schedule, self.parsed["diffusion"]
         )
         part, generator, total = draws.part, draws.generator, draws.t.shape[0]
         if labels is not None:
@@ -865,9 +890,13 @@ def generate(
     return_trajectory: bool = False,
     progress: bool = False,
     prompts: list[str] | None = None,
+    eta: float = 0.0,
 ):
     """n images (n, C, H, W) in [-1, 1] in batches, reproducible from ``seed``.
 
+    ``eta`` (DDIM only): the share of DDPM's fresh noise at each step, 0 (deterministic, the
+    default) to 1 (as much noise as DDPM); a stochastic sampler corrects part of an
+    undertrained model's error (Karras et al. 2022, Sec. 4).
     Class-conditional models get ``labels`` (default: 0, 1, ..., K-1, 0, ...); text models
     need ``prompts`` (n strings). Returns ``(images, labels, trajectories)``; trajectories
     (scaled latents after each step) only for the first batch and only when
@@ -875,6 +904,11 @@ def generate(
     """
     if ldm.condition_encoder is not None and (prompts is None or len(prompts) != n):
         raise ValueError(f"this LDM is text-conditional: pass prompts, a list of {n} strings.")
+    check_eta(eta)
+    if eta != 0.0 and sampler != "ddim":
+        raise ValueError(
+            f"eta is a setting of the DDIM sampler, not of {sampler!r}: use the sampler ddim."
+        )
     if image_size % ldm.downsampling_factor:
         raise ValueError(
             f"image size {image_size} is not divisible by the first stage's f = "
@@ -900,6 +934,7 @@ def generate(
             generator=generator,
             return_trajectory=return_trajectory and start == 0,
             progress=progress,
+            eta=eta,
         )
         images.append(out.cpu())
         if return_trajectory and start == 0:
@@ -960,8 +995,10 @@ def evaluate_ldm(
     feature_extractor: str = "auto",
     with_kid: bool = True,
     device: str = "cpu",
+    eta: float = 0.0,
 ) -> dict[str, Any]:
-    """FD (and KID) of n samples against the first n images of the test split, and timing."""
+    """FD (and KID) of n samples against the first n images of the test split, and timing;
+    for class-conditional Fashion-MNIST models also the class accuracy of the samples."""
     from ldm_mini import metrics
 
     start = time.perf_counter()
@@ -982,6 +1019,7 @@ def evaluate_ldm(
         guidance=guidance,
         seed=seed,
         prompts=prompts,
+        eta=eta,
     )
     sampling_seconds = time.perf_counter() - sample_start
     fd = metrics.frechet_distance(real, fake, feature_extractor)
@@ -992,6 +1030,7 @@ def evaluate_ldm(
         "n": n,
         "sampler": sampler,
         "steps": steps,
+        "eta": eta,
         "guidance": guidance,
         "fd": fd["fd"],
         "fd_label": fd["label"],

@@ -473,3 +473,30 @@ def test_training_loss_rejects_bad_input() -> None:
         schedule.training_loss(Oracle(torch.zeros_like(x0)), x0, t=10)
     with pytest.raises(ValueError, match="x0 and noise must have the same shape"):
         schedule.training_loss(Oracle(torch.zeros_like(x0)), x0, noise=torch.randn(4, 3))
+
+
+def test_timestep_sampling_uniform_and_lognormal_in_the_noise_level():
+    schedule = NoiseSchedule.from_name("scaled_linear", 1000)
+    uniform = schedule.sample_timesteps(64, torch.Generator().manual_seed(3))
+    reference = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(uniform, reference)  # the draws of every earlier run
+    t = schedule.sample_timesteps(20_000, torch.Generator().manual_seed(0), "lognormal", -0.5, 1.2)
+    assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) <= 999
+    # sigma_t = sqrt((1 - abar_t) / abar_t): ln sigma of the drawn t is N(-0.5, 1.2^2) up to the
+    # grid (inside the schedule's range of sigma, [0.03, 14.6] here)
+    log_sigma = 0.5 * torch.log((1 - schedule.alphas_cumprod[t]) / schedule.alphas_cumprod[t])
+    assert abs(float(log_sigma.median()) + 0.5) < 0.05
+    quartiles = torch.quantile(log_sigma.float(), torch.tensor([0.25, 0.75]))
+    assert abs(float(quartiles[1] - quartiles[0]) - 2 * 0.6745 * 1.2) < 0.1
+    # the same draws give the first t whose sigma_t reaches each drawn sigma
+    generator = torch.Generator().manual_seed(1)
+    drawn = -0.5 + 1.2 * torch.randn(8, generator=generator)
+    t = schedule.sample_timesteps(8, torch.Generator().manual_seed(1), "lognormal", -0.5, 1.2)
+    sigmas = 0.5 * torch.log((1 - schedule.alphas_cumprod) / schedule.alphas_cumprod)
+    for value, step in zip(drawn.double().tolist(), t.tolist(), strict=True):
+        assert sigmas[step] >= value or step == 999
+        assert step == 0 or sigmas[step - 1] < value
+    with pytest.raises(ValueError, match="unknown timestep distribution"):
+        schedule.sample_timesteps(4, distribution="logit")
+    with pytest.raises(ValueError, match="log_sigma_std must be > 0"):
+        schedule.sample_timesteps(4, distribution="lognormal", log_sigma_std=0)

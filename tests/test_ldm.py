@@ -210,8 +210,8 @@ def test_min_snr_weighting_reaches_the_schedule_and_matches_its_formula():
     expected = float((per_sample.double() * weights).mean())
     assert float(weighted.detach()) == pytest.approx(expected, rel=1e-5)
     plain = ldm.training_loss(z0, labels, 0.0, t=t, noise=noise)
-    assert float(plain) == pytest.approx(float(per_sample.mean()), rel=1e-5)
-    assert float(weighted) != pytest.approx(float(plain), rel=1e-3)
+    assert float(plain.detach()) == pytest.approx(float(per_sample.mean()), rel=1e-5)
+    assert float(weighted.detach()) != pytest.approx(float(plain.detach()), rel=1e-3)
     # the config section reaches the stage's loss, and bad values are refused
     parsed = parse_config(tiny_config(**{"diffusion.weighting": "min_snr"}))
     assert parsed["diffusion"].weighting == "min_snr" and parsed["diffusion"].min_snr_gamma == 5.0
@@ -295,9 +295,12 @@ def tiny_config(**sets) -> dict:
 
 
 def test_resume_with_ema_equals_the_uninterrupted_run(tmp_path: Path):
-    config = tiny_config(**{"train.steps": 6, "train.checkpoint_every": 3})
+    # a constant learning rate: a 3-step run is then the first half of the 6-step one (a
+    # cosine schedule would decay over 3 steps)
+    constant = {"train.lr_schedule": "constant"}
+    config = tiny_config(**{"train.steps": 6, "train.checkpoint_every": 3, **constant})
     train_ldm(config, tmp_path / "straight", progress=False)
-    half = tiny_config(**{"train.steps": 3, "train.checkpoint_every": 3})
+    half = tiny_config(**{"train.steps": 3, "train.checkpoint_every": 3, **constant})
     train_ldm(half, tmp_path / "resumed", progress=False)
     train_ldm(config, tmp_path / "resumed", progress=False)
     a = load_checkpoint(tmp_path / "straight")
@@ -470,3 +473,20 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path):
     other_state = load_checkpoint(tmp_path / "other").model_state
     largest = max((other_state[k] - v).abs().max().item() for k, v in one.model_state.items())
     assert largest > 1e-3
+
+
+def test_generate_with_eta_is_seeded_stochastic_ddim_and_refuses_other_samplers():
+    from ldm_mini.ldm_training import generate
+
+    ldm = tiny_ldm(num_classes=3)
+    labels = torch.tensor([0, 1, 2, 0])
+    default, _, _ = generate(ldm, 4, 8, steps=5, seed=1, labels=labels)
+    eta_zero, _, _ = generate(ldm, 4, 8, steps=5, seed=1, labels=labels, eta=0.0)
+    assert torch.equal(default, eta_zero)  # 0 is the deterministic sampler, bit for bit
+    noisy, _, _ = generate(ldm, 4, 8, steps=5, seed=1, labels=labels, eta=1.0)
+    again, _, _ = generate(ldm, 4, 8, steps=5, seed=1, labels=labels, eta=1.0)
+    assert torch.equal(noisy, again) and not torch.equal(noisy, default)
+    with pytest.raises(ValueError, match="eta is a setting of the DDIM sampler"):
+        generate(ldm, 4, 8, steps=5, labels=labels, sampler="dpm++", eta=1.0)
+    with pytest.raises(ValueError, match="eta must be a number in"):
+        generate(ldm, 4, 8, steps=5, labels=labels, eta=1.5)

@@ -26,6 +26,8 @@ TEXT = {
     "train.steps": 4,
     "train.checkpoint_every": 2,
     "train.sample_every": 2,
+    # constant: a 2-step run is then the first half of the 4-step one (resume test)
+    "train.lr_schedule": "constant",
 }
 
 

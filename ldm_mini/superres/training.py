@@ -184,7 +184,7 @@ class SRStage(TrainingStage):
             loss = F.mse_loss(regression_predict(ldm, batch["low"], tuple(z0.shape[-2:])), z0)
             return loss, {"loss": float(loss.detach())}
         draws = global_draws(
-            self.parsed["train"].seed, step, z0, scratch, ldm.schedule.num_timesteps
+            self.parsed["train"].seed, step, z0, scratch, ldm.schedule, self.parsed["diffusion"]
         )
         loss = ldm.training_loss(
             z0,
