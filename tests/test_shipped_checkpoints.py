@@ -135,6 +135,9 @@ def test_shipped_ldm_matches_its_card_and_samples(path: Path, one_thread):
         again, _, _ = generate(ldm, 4, 32, steps=4, seed=0, prompts=prompts)
         assert torch.equal(images, again), "the same seed and prompts give the same images"
     else:
+        # class models: the card shows the class accuracy of the samples at w = 1
+        accuracy = measured["class_accuracy"]
+        assert f"| **class accuracy of the samples, w = 1** | **{accuracy:.3f}** |" in card
         assert ldm.num_classes == 10
         images, labels, _ = generate(ldm, 4, 32, steps=4, seed=0)
         assert labels.tolist() == [0, 1, 2, 3]
