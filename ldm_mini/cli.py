@@ -474,8 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument(
-        "--train-minutes", type=float, default=3.5,
-        help="training budget of the fresh LDM, minutes of wall clock (default: 3.5)",
+        "--train-minutes", type=float, default=3.0,
+        help="training budget of the fresh LDM, minutes of wall clock (default: 3)",
     )  # fmt: skip
     demo.add_argument(
         "--fresh-guidance", type=float, default=3.0,

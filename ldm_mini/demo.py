@@ -18,13 +18,11 @@ from typing import Any
 import torch
 
 from ldm_mini import viz
+from ldm_mini.classifier import FASHION_CLASSES
 
 SHIPPED_AUTOENCODER = "fashion_mnist_kl_f4"
 SHIPPED_LDM = "fashion_mnist_ldm_class"
-CLASS_NAMES = (
-    "T-shirt/top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)  # fmt: skip
+CLASS_NAMES = FASHION_CLASSES  # one row per class in the grids
 
 
 def _shipped(name: str) -> Path:
@@ -41,7 +39,7 @@ def _shipped(name: str) -> Path:
 
 def run_demo(
     out: str | Path = "runs/demo",
-    train_minutes: float = 3.5,
+    train_minutes: float = 3.0,
     fresh_guidance: float = 3.0,
     num_samples: int = 100,
     eval_samples: int = 500,
