@@ -378,14 +378,20 @@ def test_shipped_export_refers_to_the_autoencoder_by_sha256(tmp_path: Path, monk
     assert config["shipped_weights"] == "ema" and config["note"] == "test"
     for name, tensor in ema.state_dict().items():
         assert torch.equal(tensor, again.state_dict()[name]), name
-    # the shipped autoencoder is stored in half; an LDM that names its float32 file loads it
+    # the shipped autoencoder is stored in half; the shipped LDM (trained on the half file)
+    # names that file, and an LDM that names the float32 file it replaced loads too
     shipped_ae = load_checkpoint(data_dir() / "checkpoints" / "fashion_mnist_kl_f4").config
     class_ldm = data_dir() / "checkpoints" / "fashion_mnist_ldm_class"
     named = load_checkpoint(class_ldm).config["first_stage"]["model_sha256"]
     assert shipped_ae["weights_dtype"] == "float16"
-    assert named in shipped_ae["stored_from_sha256"]
-    assert named != shipped_ae["files"]["model.safetensors"]
+    assert named == shipped_ae["files"]["model.safetensors"]
     load_ldm(class_ldm)
+    legacy = tmp_path / "legacy_ldm"
+    shutil.copytree(class_ldm, legacy)
+    legacy_config = json.loads((legacy / "config.json").read_text())
+    legacy_config["first_stage"]["model_sha256"] = shipped_ae["stored_from_sha256"][0]
+    (legacy / "config.json").write_text(json.dumps(legacy_config))
+    load_ldm(legacy)
     # a different autoencoder in the referenced folder is refused
     fake_data = tmp_path / "data"
     shutil.copytree(
