@@ -1010,7 +1010,7 @@ def evaluate_ldm(
     real = torch.stack([test[i]["image"] for i in range(n)])
     prompts = list(test.dataset["caption"][:n]) if ldm.condition_encoder is not None else None
     sample_start = time.perf_counter()
-    fake, _, _ = generate(
+    fake, labels, _ = generate(
         ldm,
         n,
         data.image_size,
@@ -1023,7 +1023,6 @@ def evaluate_ldm(
     )
     sampling_seconds = time.perf_counter() - sample_start
     fd = metrics.frechet_distance(real, fake, feature_extractor)
-    labels = sample_labels(ldm, n)
     result: dict[str, Any] = {
         "checkpoint": str(path),
         "dataset": data.dataset,
