@@ -8,8 +8,8 @@ until ``--minutes`` of training (the engine's wall-clock budget, ``train.max_min
 cosine schedule decays over that budget). Every ``--eval-every`` minutes of training it
 samples ``--eval-samples`` images (classes in turn, DDIM 50 with ``--eta``, seed 0, the EMA
 weights, w = 1) and scores them: class accuracy (the shipped Fashion-MNIST classifier) and
-FD-EffNet against as many test images. At the end it scores ``--final-samples`` the same way, at w = 1 and at
-every ``--guidance``. Evaluation time is not training time.
+FD-EffNet against as many test images. At the end it scores ``--final-samples`` the same way,
+at w = 1 and at every ``--guidance``. Evaluation time is not training time.
 
 The two targets, each compared with a reference measured the same way at the same n:
 class accuracy >= 0.8 at w = 1, and FD <= 2x the reconstruction FD (the autoencoder's
@@ -79,7 +79,7 @@ class Scorer:
 
     def __init__(self, first_stage, device: str, eta: float = 0.0) -> None:
         from ldm_mini.classifier import load_classifier
-        from ldm_mini.first_stage import DataConfig, build_dataset
+        from ldm_mini.data.config import DataConfig, build_dataset
         from ldm_mini.metrics import EfficientNetFeatures
 
         self.classifier = load_classifier(device=device)
@@ -127,8 +127,8 @@ class Scorer:
     @torch.no_grad()
     def score(self, ldm, n: int, guidance: float) -> dict[str, float]:
         from ldm_mini.classifier import class_accuracy
-        from ldm_mini.ldm_training import generate
         from ldm_mini.metrics import frechet_distance_of_features
+        from ldm_mini.pipelines import generate
 
         start = time.perf_counter()
         images, labels, _ = generate(ldm, n, 32, guidance=guidance, seed=0, eta=self.eta)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     from ldm_mini.configs import apply_overrides
-    from ldm_mini.ldm_training import load_ldm_preset, make_stage
+    from ldm_mini.stages.ldm import load_ldm_preset, make_stage
     from ldm_mini.train import Trainer
 
     config = load_ldm_preset(args.preset)

@@ -23,6 +23,7 @@ The losses that train it (L1 + LPIPS + patch GAN) live elsewhere; the decoder's
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -30,6 +31,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+from ldm_mini.blocks import Downsample, Upsample, group_norm
+from ldm_mini.configs import config_from_dict, is_int, is_number
 
 __all__ = [
     "AutoencoderConfig",
@@ -58,14 +62,6 @@ DEFAULT_CHANNEL_MULT = (1, 2, 2, 4)
 # --------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -100,29 +96,29 @@ class AutoencoderConfig:
         """Raise ValueError, saying what to change, if any value is out of range."""
         if self.kind not in VALID_KINDS:
             raise ValueError(f"kind must be one of {VALID_KINDS}, got {self.kind!r}.")
-        if not _is_int(self.f) or self.f not in VALID_FACTORS:
+        if not is_int(self.f) or self.f not in VALID_FACTORS:
             raise ValueError(
                 f"f (the downsampling factor) must be one of {VALID_FACTORS}, got {self.f!r}. "
                 "f is a power of two because each level halves the resolution once."
             )
-        if not _is_int(self.in_channels) or self.in_channels not in VALID_IN_CHANNELS:
+        if not is_int(self.in_channels) or self.in_channels not in VALID_IN_CHANNELS:
             raise ValueError(
                 f"in_channels must be 1 (grey) or 3 (RGB), got {self.in_channels!r}. "
                 "Convert images with TensorImageDataset(..., channels=1 or 3)."
             )
         for name in ("latent_channels", "base_channels", "num_res_blocks", "codebook_size"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
         if not isinstance(self.attention, bool):
             raise ValueError(f"attention must be True or False, got {self.attention!r}.")
-        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+        if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}.")
-        if not _is_number(self.beta) or self.beta < 0:
+        if not is_number(self.beta) or self.beta < 0:
             raise ValueError(f"beta must be a non-negative float, got {self.beta!r}.")
         if self.channel_mult is not None:
             if not isinstance(self.channel_mult, tuple) or not all(
-                _is_int(m) and m >= 1 for m in self.channel_mult
+                is_int(m) and m >= 1 for m in self.channel_mult
             ):
                 raise ValueError(
                     f"channel_mult must be a tuple of positive ints, got {self.channel_mult!r}."
@@ -156,23 +152,12 @@ class AutoencoderConfig:
     @classmethod
     def from_dict(cls, d: dict) -> AutoencoderConfig:
         """Build a config from ``to_dict()`` output (or a subset of it); rejects unknown keys."""
-        if not isinstance(d, dict):
-            raise ValueError(f"expected a dict of config values, got {type(d).__name__}.")
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"unknown AutoencoderConfig key(s) {unknown}; valid keys are: {', '.join(valid)}."
-            )
-        values = dict(d)
-        if isinstance(values.get("channel_mult"), list):
-            values["channel_mult"] = tuple(values["channel_mult"])
-        return cls(**values)
+        return config_from_dict(cls, d, "AutoencoderConfig")
 
 
 def latent_shape(config: AutoencoderConfig, image_size: int) -> tuple[int, int, int]:
     """Shape (c, image_size // f, image_size // f) of the latent of a square image."""
-    if not _is_int(image_size) or image_size < 1:
+    if not is_int(image_size) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}.")
     if image_size % config.f != 0:
         raise ValueError(
@@ -220,14 +205,9 @@ def _check_latent(z: Tensor, config: AutoencoderConfig) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Building blocks (CompVis "model.py", shrunk)
+# Building blocks (CompVis "model.py", shrunk); group_norm, Downsample and Upsample, shared
+# with the U-Net, live in ldm_mini.blocks
 # --------------------------------------------------------------------------------------
-
-
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with the largest of 32, 16, 8, 4, 2, 1 groups that divides ``channels``."""
-    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
-    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
@@ -278,29 +258,6 @@ class AttentionBlock(nn.Module):
         out = torch.einsum("bij,bjc->bic", weights, v)
         out = rearrange(out, "b (h w) c -> b c h w", h=height, w=width)
         return x + self.proj_out(out)
-
-
-class Downsample(nn.Module):
-    """Halve H and W with a stride-2 3x3 conv, padded (0, 1, 0, 1) as CompVis does."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # Asymmetric pad (right and bottom only): H -> H / 2 exactly for even H.
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """Double H and W: nearest-neighbour upsampling, then a 3x3 conv."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 def _mid_block(channels: int, attention: bool, dropout: float) -> nn.Sequential:
@@ -746,3 +703,18 @@ def build_autoencoder(config: AutoencoderConfig | dict) -> AutoencoderKL | Autoe
     if config.kind == "kl":
         return AutoencoderKL(config)
     return AutoencoderVQ(config)
+
+
+# the modules that compute the latent z from x (the rest, post_quant_conv and decoder, decode)
+LATENT_PARTS = ("encoder", "quant_conv", "quantizer")
+
+
+def latent_parts_sha256(model: torch.nn.Module) -> str:
+    """sha256 of the weights that compute the latent (:data:`LATENT_PARTS`, as float32 bytes):
+    two autoencoders with the same value encode every image to the same latent."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.split(".", 1)[0] in LATENT_PARTS:
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()

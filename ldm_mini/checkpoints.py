@@ -339,3 +339,73 @@ def export_checkpoint(
         step=checkpoint.step,
         half=half,
     )
+
+
+def export_ema_checkpoint(
+    source: str | Path, destination: str | Path, extra: dict[str, Any], half: bool = False
+) -> Path:
+    """Ship a diffusion run (stage ``ldm`` or ``sr``): its EMA weights as the weights (the
+    U-Net, and the text encoder when trained jointly), the first stage copied unless it is a
+    shipped autoencoder (then referenced by sha256), no trainer state; ``extra`` joins the
+    config; ``half`` stores the weights in float16."""
+    checkpoint = load_checkpoint(source)
+    if checkpoint.stage not in ("ldm", "sr"):
+        raise CheckpointError(f"{source} is a {checkpoint.stage!r} checkpoint, not ldm or sr")
+    config = saved_config(checkpoint.config)
+    if checkpoint.ema_state is None:
+        raise CheckpointError(f"{source} has no EMA weights to ship")
+    ema = {k: v for k, v in checkpoint.ema_state.items() if not k.startswith("__")}
+    if config.get("condition", {}).get("kind") == "text":  # the EMA holds unet. and encoder
+        state = dict(ema)
+    else:
+        state = {f"unet.{k}": v for k, v in ema.items()}
+    if not config["first_stage"]["checkpoint"].startswith(SHIPPED_PREFIX):
+        state.update(
+            {k: v for k, v in checkpoint.model_state.items() if k.startswith("first_stage.")}
+        )
+    config.update(extra, shipped_weights="ema")
+    return save_checkpoint(
+        destination,
+        stage=checkpoint.stage,
+        config=config,
+        model_state=state,
+        step=checkpoint.step,
+        half=half,
+    )
+
+
+def is_decoder_fine_tune_of(autoencoder_config: dict[str, Any], sha256: str | None) -> bool:
+    """Whether an autoencoder is a decoder-only fine-tune of the one whose weights have
+    ``sha256`` (its ``init`` record names that start and a frozen encoder: the same latents)."""
+    init = autoencoder_config.get("init") or {}
+    return init.get("trainable") == "decoder" and sha256 in init.get("model_sha256s", [])
+
+
+def repoint_first_stage(
+    source: str | Path,
+    autoencoder: str,
+    destination: str | Path,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Copy the diffusion checkpoint ``source`` (LDM or SR, first stage by reference) to
+    ``destination``, referring to ``autoencoder`` instead: a decoder-only fine-tune
+    (``init.trainable = "decoder"``) of the autoencoder it was trained on, so its latents are
+    the same and only the decoding changes. Anything else is refused. ``extra`` joins the
+    config (e.g. metrics measured with the new decoder)."""
+    checkpoint = load_checkpoint(source)
+    first = checkpoint.config.get("first_stage") or {}
+    if checkpoint.stage not in ("ldm", "sr") or first.get("model_sha256") is None:
+        raise CheckpointError(f"{source} is not a diffusion checkpoint with an autoencoder")
+    if any(k.startswith("first_stage.") for k in checkpoint.model_state):
+        raise CheckpointError(f"{source} stores its own first stage; there is nothing to repoint")
+    new = load_checkpoint(autoencoder, expected_stage="autoencoder")
+    if not is_decoder_fine_tune_of(new.config, first["model_sha256"]):
+        raise CheckpointError(
+            f"{autoencoder} is not a decoder-only fine-tune of the autoencoder {source} was "
+            "trained on (its config's init records another start, or a trained encoder): its "
+            "latents may differ; retrain on it instead"
+        )
+    record = {**first, "checkpoint": autoencoder, "autoencoder": new.config,
+              "model_sha256": new.config["files"]["model.safetensors"]}  # fmt: skip
+    half = checkpoint.config.get("weights_dtype") == "float16"
+    return export_checkpoint(source, destination, {"first_stage": record, **(extra or {})}, half)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ldm_mini import __version__
+from ldm_mini.configs import PRESETS
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
@@ -105,7 +106,7 @@ def _add_engine_arguments(parser: argparse.ArgumentParser, set_example: str) -> 
 
 def _cmd_train_autoencoder(args: argparse.Namespace) -> int:
     from ldm_mini.configs import load_preset
-    from ldm_mini.first_stage import train_autoencoder
+    from ldm_mini.stages.autoencoder import train_autoencoder
 
     flags = {
         "data.dataset": args.dataset,
@@ -143,7 +144,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_ldm(args: argparse.Namespace) -> int:
-    from ldm_mini.ldm_training import load_ldm_preset, train_ldm
+    from ldm_mini.stages.ldm import load_ldm_preset, train_ldm
 
     if args.autoencoder and args.first_stage:
         raise ValueError("give --autoencoder DIR or --first-stage identity, not both")
@@ -159,7 +160,7 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_sr(args: argparse.Namespace) -> int:
-    from ldm_mini.superres.training import load_sr_preset, train_sr
+    from ldm_mini.stages.sr import load_sr_preset, train_sr
 
     flags = {
         "first_stage.checkpoint": args.autoencoder,
@@ -191,47 +192,29 @@ def _read_image(path: str):
 def _cmd_superres(args: argparse.Namespace) -> int:
     import time
 
+    from ldm_mini.pipelines import REFINE_T, crop_to_fit, load_refiner, load_sr, super_resolve
     from ldm_mini.superres.consistency import check_iterations, check_projectable
-    from ldm_mini.superres.training import REFINE_T, load_sr, super_resolve
     from ldm_mini.viz import to_uint8_images
 
     ldm, config = load_sr(args.checkpoint, args.device, use_ema=not args.no_ema)
-    refine_from = None
     if args.refine_t is not None and args.refine_from is None:
         raise ValueError("--refine-t is the noise level of --refine-from: give --refine-from too")
+    refine_from = None
     if args.refine_from is not None:
-        if config["objective"]["kind"] != "diffusion":
-            raise ValueError(
-                "--refine-from starts LDM-SR from a regression's prediction: "
-                f"{args.checkpoint} is not an LDM-SR (diffusion) checkpoint"
-            )
-        refine_from, refine_config = load_sr(args.refine_from, args.device)
-        if refine_config["objective"]["kind"] != "regression":
-            raise ValueError(f"--refine-from {args.refine_from} is not a regression checkpoint")
-        if refine_config["data"]["factor"] != config["data"]["factor"]:
-            raise ValueError("--refine-from was trained for another upscaling factor")
+        refine_from = load_refiner(config, args.refine_from, args.device)
     check_iterations(args.back_project)
     if args.back_project:
         check_projectable(config["data"]["degradation"])
     low = _read_image(args.input)
     height, width = low.shape[-2:]
     factor = config["data"]["factor"]
-    # the latent, (H factor / f) x (W factor / f), must split into the U-Net's levels
-    multiple = ldm.unet.config.downsampling_factor * ldm.downsampling_factor
-
-    def usable(size: int) -> int:
-        while size > 0 and (size * factor) % multiple:
-            size -= 1
-        return size
-
-    keep_h, keep_w = usable(height), usable(width)
-    if min(keep_h, keep_w) < 4:
-        raise ValueError(
-            f"{args.input} is {width}x{height}: too small, the input needs at least 4 pixels a side"
-        )
+    try:
+        low = crop_to_fit(low, ldm, factor)
+    except ValueError as err:
+        raise ValueError(f"{args.input}: {err}") from None
+    keep_h, keep_w = low.shape[-2:]
     if (keep_h, keep_w) != (height, width):  # at most a few pixels at the right and bottom
         print(f"note: cropped the input from {width}x{height} to {keep_w}x{keep_h}")
-        low = low[..., :keep_h, :keep_w]
     tile = args.tile  # None: the whole latent at once (fully convolutional, as the paper)
     if tile is not None and tile < 1:
         raise ValueError(f"--tile must be a positive number of latent positions, got {tile}")
@@ -270,7 +253,7 @@ def _cmd_superres(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from ldm_mini.ldm_training import generate, load_ldm
+    from ldm_mini.pipelines import generate, load_ldm
     from ldm_mini.viz import save_image_grid
 
     ldm, config = load_ldm(args.checkpoint, args.device, use_ema=not args.no_ema)
@@ -347,7 +330,7 @@ def _print_result(result: dict, as_json: bool) -> None:
 
 
 def _cmd_evaluate_ldm(args: argparse.Namespace) -> int:
-    from ldm_mini.ldm_training import evaluate_ldm
+    from ldm_mini.evaluation import evaluate_ldm
 
     result = evaluate_ldm(
         args.checkpoint,
@@ -366,8 +349,8 @@ def _cmd_evaluate_ldm(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate_sr(args: argparse.Namespace) -> int:
-    from ldm_mini.superres.evaluation import evaluate_sr
-    from ldm_mini.superres.training import REFINE_T
+    from ldm_mini.evaluation import evaluate_sr
+    from ldm_mini.pipelines import REFINE_T
 
     if args.refine_t is not None and not args.refine:
         raise ValueError("--refine-t is the noise level of --refine: give --refine too")
@@ -399,7 +382,7 @@ def _cmd_evaluate_sr(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ldm_mini.first_stage import evaluate_autoencoder
+    from ldm_mini.evaluation import evaluate_autoencoder
 
     result = evaluate_autoencoder(
         args.checkpoint,
@@ -415,31 +398,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ldm-mini",
-        description="Latent Diffusion Models, built stage by stage: the course's command line.",
-    )
-    parser.add_argument("--version", action="version", version=f"ldm-mini {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_datasets(sub) -> None:
+    """The command ``ldm-mini datasets``."""
     datasets = sub.add_parser("datasets", help="list the bundled and procedural datasets")
     datasets.add_argument("--json", action="store_true", help="print JSON instead of a table")
     datasets.set_defaults(func=_cmd_datasets)
 
+
+def _add_env(sub) -> None:
+    """The command ``ldm-mini env``."""
     env = sub.add_parser("env", help="show device, versions and what is reachable")
     env.add_argument("--json", action="store_true", help="print JSON")
     env.add_argument("--no-network", action="store_true", help="skip the reachability checks")
     env.set_defaults(func=_cmd_env)
 
+
+def _add_tour(sub) -> None:
+    """The command ``ldm-mini tour``."""
     tour = sub.add_parser("tour", help="write a picture tour of every dataset (offline)")
     tour.add_argument("--out", default="runs/tour", help="output folder (default: runs/tour)")
     tour.add_argument("--n", type=int, default=24, help="images per dataset (default: 24)")
     tour.add_argument("--seed", type=int, default=0, help="which images to pick (default: 0)")
     tour.set_defaults(func=_cmd_tour)
 
-    from ldm_mini.configs import PRESETS
 
+def _add_train_autoencoder(sub) -> None:
+    """The command ``ldm-mini train-autoencoder``."""
     train_ae = sub.add_parser(
         "train-autoencoder",
         help="train the first stage (KL or VQ autoencoder); resumes if --out holds a run",
@@ -469,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_arguments(train_ae, "loss.disc_start=2000")
     train_ae.set_defaults(func=_cmd_train_autoencoder)
 
+
+def _add_demo(sub) -> None:
+    """The command ``ldm-mini demo``."""
     demo = sub.add_parser(
         "demo", help="the whole pipeline offline in minutes: writes runs/demo/index.html"
     )
@@ -487,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
 
+
+def _add_train_ldm(sub) -> None:
+    """The command ``ldm-mini train-ldm``."""
     train_ldm = sub.add_parser(
         "train-ldm",
         help="train a latent diffusion model on a frozen autoencoder's latents",
@@ -519,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_arguments(train_ldm, "optim.lr=1e-4")
     train_ldm.set_defaults(func=_cmd_train_ldm)
 
+
+def _add_train_sr(sub) -> None:
+    """The command ``ldm-mini train-sr``."""
     train_sr = sub.add_parser(
         "train-sr",
         help="train LDM-SR / LDM-BSR (or the regression baseline); resumes if --out holds a run",
@@ -546,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_arguments(train_sr, "optim.lr=1e-4")
     train_sr.set_defaults(func=_cmd_train_sr)
 
+
+def _add_superres(sub) -> None:
+    """The command ``ldm-mini superres``."""
     superres = sub.add_parser("superres", help="upscale an image 4x with a trained SR checkpoint")
     superres.add_argument("input", help="the low-resolution image (PNG or JPEG, any size)")
     superres.add_argument("--checkpoint", required=True, help="SR checkpoint or run folder")
@@ -592,13 +588,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine-t",
         type=int,
         help="with --refine-from: the noise level (step of 1000) to start at (default: 60, "
-        "ldm_mini.superres.training.REFINE_T, chosen on the training photos; the sampler "
+        "ldm_mini.pipelines.REFINE_T, chosen on the training photos; the sampler "
         "needs a step at or below it: 17 or more --steps for 60)",
     )
     superres.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     superres.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
     superres.set_defaults(func=_cmd_superres)
 
+
+def _add_sample(sub) -> None:
+    """The command ``ldm-mini sample``."""
     sample = sub.add_parser("sample", help="draw samples from a trained LDM into a grid image")
     sample.add_argument("--checkpoint", required=True, help="LDM checkpoint or run folder")
     sample.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
@@ -625,8 +624,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(func=_cmd_sample)
 
+
+def _add_evaluate(sub) -> None:
+    """The command ``ldm-mini evaluate autoencoder|ldm|sr``."""
     evaluate = sub.add_parser("evaluate", help="measure a trained checkpoint")
     evaluate_sub = evaluate.add_subparsers(dest="what", metavar="WHAT", required=True)
+    for add in (_add_evaluate_autoencoder, _add_evaluate_ldm, _add_evaluate_sr):
+        add(evaluate_sub)
+
+
+def _add_evaluate_autoencoder(evaluate_sub) -> None:
+    """The command ``ldm-mini evaluate autoencoder``."""
     ev_ae = evaluate_sub.add_parser("autoencoder", help="reconstruction metrics of an autoencoder")
     ev_ae.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
     ev_ae.add_argument("--dataset", help="default: the dataset it trained on")
@@ -638,6 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev_ae.add_argument("--device", default="cpu")
     ev_ae.add_argument("--json", action="store_true", help="print one JSON object")
     ev_ae.set_defaults(func=_cmd_evaluate)
+
+
+def _add_evaluate_ldm(evaluate_sub) -> None:
+    """The command ``ldm-mini evaluate ldm``."""
     ev_ldm = evaluate_sub.add_parser("ldm", help="FD and KID of an LDM's samples vs the test split")
     ev_ldm.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
     ev_ldm.add_argument(
@@ -656,6 +668,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev_ldm.add_argument("--device", default="cpu")
     ev_ldm.add_argument("--json", action="store_true", help="print one JSON object")
     ev_ldm.set_defaults(func=_cmd_evaluate_ldm)
+
+
+def _add_evaluate_sr(evaluate_sub) -> None:
+    """The command ``ldm-mini evaluate sr``."""
     ev_sr = evaluate_sub.add_parser(
         "sr",
         help="LDM-SR vs bicubic (and regression): PSNR, SSIM, perceptual, FD on held-out crops",
@@ -704,13 +720,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine-t",
         type=int,
         help="with --refine: the noise level (step of 1000) to start at (default: 60, "
-        "ldm_mini.superres.training.REFINE_T, chosen on the training photos; the sampler "
+        "ldm_mini.pipelines.REFINE_T, chosen on the training photos; the sampler "
         "needs a step at or below it: 17 or more --steps for 60)",
     )
     ev_sr.add_argument("--device", default="cpu")
     ev_sr.add_argument("--json", action="store_true", help="print one JSON object")
     ev_sr.set_defaults(func=_cmd_evaluate_sr)
 
+
+def _add_classroom(sub) -> None:
+    """The command ``ldm-mini classroom make-student|grade``."""
     classroom = sub.add_parser(
         "classroom", help="student notebooks (solutions stubbed) and automatic grading"
     )
@@ -736,6 +755,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     grade.add_argument("--timeout", type=int, default=900, help="seconds per cell (default: 900)")
     grade.set_defaults(func=_cmd_classroom_grade)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ldm-mini",
+        description="Latent Diffusion Models, built stage by stage: the course's command line.",
+    )
+    parser.add_argument("--version", action="version", version=f"ldm-mini {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (
+        _add_datasets,
+        _add_env,
+        _add_tour,
+        _add_train_autoencoder,
+        _add_demo,
+        _add_train_ldm,
+        _add_train_sr,
+        _add_superres,
+        _add_sample,
+        _add_evaluate,
+        _add_classroom,
+    ):
+        add(sub)
     return parser
 
 

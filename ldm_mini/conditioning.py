@@ -23,16 +23,21 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ldm_mini.attention import Attention, FeedForward
+from ldm_mini.configs import Section
 
 PAD, UNKNOWN, START = "<pad>", "<unk>", "<start>"
 SPECIAL_TOKENS = (PAD, UNKNOWN, START)
 UNKNOWN_POLICIES = ("error", "unk")
+CONDITIONS = ("none", "class", "text")
+# "trained": the word-level TextEncoder, trained jointly; "minilm": a frozen pretrained MiniLM
+TEXT_ENCODERS = ("trained", "minilm")
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -271,3 +276,65 @@ class TextEncoder(nn.Module):
         device = self.token_embedding.weight.device
         ids, mask = ids.to(device), mask.to(device)
         return self.encode_ids(ids, mask), mask
+
+
+# --------------------------------------------------------------------------------------
+# The condition section of a config, and the tau_theta it describes
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConditionConfig(Section):
+    """What the U-Net is conditioned on, and how often the condition is dropped (CFG)."""
+
+    kind: str = "class"
+    drop_probability: float = 0.1
+    num_classes: int | None = None  # None: read from the dataset's labels
+    # text (kind "text"): tau_theta, a word-level tokenizer + transformer trained jointly
+    text_dim: int = 128
+    text_depth: int = 2
+    text_heads: int = 4
+    max_length: int = 16  # tokens, with the start token: captions of up to 15 words
+    unknown_words: str = "error"  # or "unk": words outside the vocabulary become <unk>
+    # "trained": the word-level TextEncoder above, trained jointly; "minilm": a frozen
+    # pretrained MiniLM (ldm_mini.pretrained_text, 384-dim tokens; text_dim/depth/heads and
+    # unknown_words then do not apply), from the installed package or text_encoder_dir
+    text_encoder: str = "trained"
+    text_encoder_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONDITIONS:
+            raise ValueError(f"condition.kind must be one of {CONDITIONS}, got {self.kind!r}")
+        if not 0.0 <= self.drop_probability <= 1.0:
+            raise ValueError(f"drop_probability must be in [0, 1], got {self.drop_probability}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(
+                f"condition.text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}"
+            )
+        if self.unknown_words not in UNKNOWN_POLICIES:
+            raise ValueError(
+                f"condition.unknown_words must be one of {UNKNOWN_POLICIES}, "
+                f"got {self.unknown_words!r}"
+            )
+
+
+def build_pretrained_text_encoder(
+    condition: ConditionConfig, expected_sha256: str | None = None
+) -> nn.Module:
+    """The frozen MiniLM tau_theta of ``condition.text_encoder == "minilm"``."""
+    from ldm_mini.pretrained_text import PretrainedTextEncoder
+
+    return PretrainedTextEncoder(
+        condition.text_encoder_dir, condition.max_length, expected_sha256=expected_sha256
+    )
+
+
+def build_text_encoder(condition: ConditionConfig, tokenizer: WordTokenizer) -> TextEncoder:
+    """tau_theta for ``condition.kind == "text"`` with the condition's sizes."""
+    return TextEncoder(
+        tokenizer,
+        dim=condition.text_dim,
+        depth=condition.text_depth,
+        heads=condition.text_heads,
+        unknown=condition.unknown_words,
+    )

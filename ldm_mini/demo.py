@@ -18,23 +18,12 @@ from typing import Any
 import torch
 
 from ldm_mini import viz
+from ldm_mini.checkpoints import resolve_checkpoint_dir
 from ldm_mini.classifier import FASHION_CLASSES
 
 SHIPPED_AUTOENCODER = "fashion_mnist_kl_f4"
 SHIPPED_LDM = "fashion_mnist_ldm_class"
 CLASS_NAMES = FASHION_CLASSES  # one row per class in the grids
-
-
-def _shipped(name: str) -> Path:
-    from ldm_mini.data.bundled import data_dir
-
-    path = data_dir() / "checkpoints" / name
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"the shipped checkpoint {path} is missing; reinstall ldm-mini or restore "
-            "data/checkpoints from the repository."
-        )
-    return path
 
 
 def run_demo(
@@ -49,9 +38,10 @@ def run_demo(
     """Run the demo into ``out``; returns the metrics (also written to metrics.json)."""
     from ldm_mini.configs import apply_overrides
     from ldm_mini.data import TensorImageDataset, load_dataset
-    from ldm_mini.first_stage import evaluate_autoencoder, load_autoencoder
-    from ldm_mini.ldm_training import generate, load_ldm, load_ldm_preset, train_ldm
+    from ldm_mini.evaluation import evaluate_autoencoder
     from ldm_mini.metrics import frechet_distance
+    from ldm_mini.pipelines import generate, load_autoencoder, load_ldm
+    from ldm_mini.stages.ldm import load_ldm_preset, train_ldm
 
     if not train_minutes > 0:
         raise ValueError(f"--train-minutes must be > 0, got {train_minutes}")
@@ -69,7 +59,7 @@ def run_demo(
 
     # 1. the first stage: x -> z = E(x) -> D(z)
     print("[1/4] autoencoder: reconstructions and their quality", flush=True)
-    autoencoder_path = _shipped(SHIPPED_AUTOENCODER)
+    autoencoder_path = resolve_checkpoint_dir(f"shipped:{SHIPPED_AUTOENCODER}")
     autoencoder, _ = load_autoencoder(autoencoder_path)
     test = TensorImageDataset(load_dataset("fashion_mnist", split="test"), image_size=32)
     x = torch.stack([test[i]["image"] for i in range(16)])
@@ -154,7 +144,7 @@ def run_demo(
 
     # 3. the shipped LDM: samples per class and the denoising animation
     print("[3/4] the shipped LDM: samples per class and a denoising animation", flush=True)
-    ldm, ldm_config = load_ldm(_shipped(SHIPPED_LDM))
+    ldm, ldm_config = load_ldm(f"shipped:{SHIPPED_LDM}")
     labels = torch.arange(num_samples) % 10
     sample_start = time.perf_counter()
     images, _, _ = generate(ldm, num_samples, 32, steps=50, seed=seed, labels=labels)

@@ -34,13 +34,15 @@ dtype and device of their input (so they also work on devices without float64, s
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor
+
+from ldm_mini.configs import Section, is_int
 
 __all__ = [
     "MIN_SNR_GAMMA",
@@ -72,10 +74,6 @@ _SCHEDULE_DEFAULTS: dict[str, dict[str, float]] = {
 # --------------------------------------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def beta_schedule(name: str, num_timesteps: int = 1000, **kwargs: float) -> Tensor:
     """The variances beta_t, t = 0..T-1, of a named schedule: float64 tensor of shape (T,).
 
@@ -92,7 +90,7 @@ def beta_schedule(name: str, num_timesteps: int = 1000, **kwargs: float) -> Tens
     """
     if name not in SCHEDULES:
         raise ValueError(f"unknown beta schedule {name!r}; choose one of {SCHEDULES}.")
-    if not _is_int(num_timesteps) or num_timesteps < 1:
+    if not is_int(num_timesteps) or num_timesteps < 1:
         raise ValueError(f"num_timesteps must be a positive int, got {num_timesteps!r}.")
     defaults = _SCHEDULE_DEFAULTS[name]
     unknown = sorted(set(kwargs) - set(defaults))
@@ -303,7 +301,7 @@ class NoiseSchedule:
         """
         if isinstance(t, bool) or (isinstance(t, Tensor) and t.dtype == torch.bool):
             raise ValueError("timesteps must be integers, got booleans.")
-        if _is_int(t):
+        if is_int(t):
             t = torch.tensor(int(t), dtype=torch.long)
         elif isinstance(t, Tensor):
             if t.is_floating_point() or t.is_complex():
@@ -600,3 +598,45 @@ class NoiseSchedule:
             weights = self.min_snr_weight(t, min_snr_gamma).to(per_sample.dtype)
             per_sample = per_sample * weights.to(per_sample.device)
         return per_sample.mean()
+
+
+# --------------------------------------------------------------------------------------
+# The diffusion section of a config
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DiffusionConfig(Section):
+    """The noise schedule (see :func:`ldm_mini.diffusion.beta_schedule`)."""
+
+    schedule: str = "scaled_linear"
+    num_timesteps: int = 1000
+    parameterization: str = "eps"
+    # None: the plain MSE to the target (LDM Eq. 2); "min_snr": Min-SNR-gamma (Hang et al.)
+    weighting: str | None = None
+    min_snr_gamma: float = 5.0
+    # how training draws t: "uniform", or "lognormal" in the noise level (EDM's, see
+    # NoiseSchedule.sample_timesteps) with ln sigma ~ N(log_sigma_mean, log_sigma_std^2)
+    timesteps: str = "uniform"
+    log_sigma_mean: float = -0.5
+    log_sigma_std: float = 1.2
+
+    def __post_init__(self) -> None:
+        if self.timesteps not in TIMESTEP_DISTRIBUTIONS:
+            raise ValueError(
+                f"diffusion.timesteps must be one of {list(TIMESTEP_DISTRIBUTIONS)}, "
+                f"got {self.timesteps!r}"
+            )
+        if not self.log_sigma_std > 0:
+            raise ValueError(f"diffusion.log_sigma_std must be > 0, got {self.log_sigma_std!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"diffusion.weighting must be one of {list(WEIGHTINGS)}, got {self.weighting!r}"
+            )
+        if not self.min_snr_gamma > 0:
+            raise ValueError(f"diffusion.min_snr_gamma must be > 0, got {self.min_snr_gamma!r}")
+
+    def build(self) -> NoiseSchedule:
+        return NoiseSchedule.from_name(
+            self.schedule, self.num_timesteps, parameterization=self.parameterization
+        )

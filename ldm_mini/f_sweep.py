@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ldm_mini.configs import apply_overrides, load_preset
-from ldm_mini.first_stage import evaluate_autoencoder, train_autoencoder
-from ldm_mini.ldm_training import evaluate_ldm, load_ldm_preset, train_ldm
+from ldm_mini.evaluation import evaluate_autoencoder, evaluate_ldm
+from ldm_mini.stages.autoencoder import train_autoencoder
+from ldm_mini.stages.ldm import load_ldm_preset, train_ldm
 
 FACTORS = (1, 2, 4, 8)
 # latent channels c_f per factor: c grows as the grid shrinks (f = 4: the course's 8x8x8)

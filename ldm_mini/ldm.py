@@ -15,12 +15,15 @@ in the checkpoint (Stable Diffusion's 0.18215 is exactly this for its KL-f8 auto
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ldm_mini.autoencoder import latent_parts_sha256
 from ldm_mini.conditioning import check_class_labels
+from ldm_mini.configs import Section
 from ldm_mini.diffusion import MIN_SNR_GAMMA, NoiseSchedule
 from ldm_mini.samplers import (
     ClassifierFreeGuidance,
@@ -32,6 +35,13 @@ from ldm_mini.samplers import (
 from ldm_mini.unet import UNet
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
+
+
+@dataclass
+class FirstStageConfig(Section):
+    """Which frozen first stage: a checkpoint folder, ``shipped:NAME``, or ``identity``."""
+
+    checkpoint: str = "shipped:fashion_mnist_kl_f4"
 
 
 class IdentityFirstStage(nn.Module):
@@ -64,6 +74,17 @@ def first_stage_shape(first_stage: nn.Module) -> tuple[int, int]:
             f".config.f) or IdentityFirstStage, got {type(first_stage).__name__}."
         )
     return int(config.latent_channels), int(config.f)
+
+
+def same_latents(first_stage: nn.Module, other: nn.Module) -> bool:
+    """Whether two first stages encode every image to the same latent z = E(x): both the
+    identity with as many channels, or autoencoders whose latent-computing weights are equal
+    (:func:`~ldm_mini.autoencoder.latent_parts_sha256`; a decoder-only fine-tune keeps them).
+    A diffusion model trained on one then samples the same latents on the other."""
+    identities = [isinstance(m, IdentityFirstStage) for m in (first_stage, other)]
+    if any(identities):
+        return all(identities) and first_stage.latent_channels == other.latent_channels
+    return latent_parts_sha256(first_stage) == latent_parts_sha256(other)
 
 
 @torch.no_grad()
@@ -133,7 +154,7 @@ class LatentDiffusion(nn.Module):
     """A frozen first stage, the denoising U-Net and the noise schedule, as one model.
 
     Args:
-        first_stage: a trained autoencoder (``ldm_mini.first_stage.load_autoencoder``) or
+        first_stage: a trained autoencoder (``ldm_mini.pipelines.load_autoencoder``) or
             :class:`IdentityFirstStage` for pixel space. It is frozen here (no gradients, eval).
         unet: eps_theta; its ``in_channels`` must equal the first stage's latent channels.
         schedule: the forward process q(z_t | z_0).
@@ -242,6 +263,11 @@ class LatentDiffusion(nn.Module):
             return labels
         device = generator.device if generator is not None else labels.device
         drop = torch.rand(labels.shape, generator=generator, device=device) < drop_probability
+        return self.drop_labels(labels, drop)
+
+    def drop_labels(self, labels: Tensor, drop: Tensor) -> Tensor:
+        """y -> the null class K where ``drop`` (B,) is True: the unconditional p(z) of
+        classifier-free guidance is learned on these."""
         return torch.where(
             drop.to(labels.device), torch.full_like(labels, self.num_classes), labels
         )
@@ -273,6 +299,11 @@ class LatentDiffusion(nn.Module):
         if drop_probability == 0:
             return list(captions)
         drop = torch.rand(batch, generator=generator) < drop_probability
+        return self.drop_captions(captions, drop)
+
+    @staticmethod
+    def drop_captions(captions: Sequence[str], drop: Tensor) -> list[str]:
+        """caption -> "" (the null condition) where ``drop`` (B,) is True."""
         return [
             "" if dropped else caption
             for caption, dropped in zip(captions, drop.tolist(), strict=True)

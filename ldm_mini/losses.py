@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ldm_mini.configs import config_from_dict
 from ldm_mini.perceptual import PerceptualDistance
 
 __all__ = [
@@ -227,14 +228,7 @@ class AutoencoderLossConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AutoencoderLossConfig:
         """Build from a dict; keys that are not fields are rejected (a typo is never ignored)."""
-        known = [field.name for field in fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(
-                f"Unknown AutoencoderLossConfig keys {unknown}; valid keys are {known}. "
-                "Remove or rename them."
-            )
-        return cls(**values)
+        return config_from_dict(cls, values, "loss")
 
 
 class AutoencoderLoss(nn.Module):

@@ -20,7 +20,6 @@ gives the same samples on any device up to floating point.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ldm_mini.configs import is_int
 from ldm_mini.diffusion import NoiseSchedule
 
 __all__ = [
@@ -73,10 +73,6 @@ class SamplerOutput:
 # --------------------------------------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_schedule(schedule: object) -> None:
     if not isinstance(schedule, NoiseSchedule):
         raise ValueError(
@@ -112,7 +108,7 @@ def _initial_noise(
     if (
         not isinstance(shape_or_noise, Sequence)
         or len(shape_or_noise) < 1
-        or not all(_is_int(size) and size >= 1 for size in shape_or_noise)
+        or not all(is_int(size) and size >= 1 for size in shape_or_noise)
     ):
         raise ValueError(
             f"shape_or_noise must be a shape such as (B, C, H, W) or (B, 2) with positive "
@@ -275,11 +271,11 @@ def ddim_timesteps(
     """
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}.")
-    if not _is_int(num_train_timesteps) or num_train_timesteps < 1:
+    if not is_int(num_train_timesteps) or num_train_timesteps < 1:
         raise ValueError(
             f"num_train_timesteps must be a positive int, got {num_train_timesteps!r}."
         )
-    if not _is_int(num_steps) or not 1 <= num_steps <= num_train_timesteps:
+    if not is_int(num_steps) or not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(
             f"num_steps must be an int in [1, {num_train_timesteps}] (the number of training "
             f"timesteps), got {num_steps!r}."
@@ -410,7 +406,7 @@ def ddim_invert(
     _check_schedule(schedule)
     if not isinstance(x0, Tensor) or x0.ndim < 1 or not x0.is_floating_point():
         raise ValueError("x0 must be a float tensor with a batch dimension first, (B, ...).")
-    if not _is_int(fixed_point_iterations) or fixed_point_iterations < 0:
+    if not is_int(fixed_point_iterations) or fixed_point_iterations < 0:
         raise ValueError(
             f"fixed_point_iterations must be an int >= 0, got {fixed_point_iterations!r}."
         )

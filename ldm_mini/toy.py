@@ -24,6 +24,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from ldm_mini.blocks import timestep_embedding as sinusoidal_embedding
 from ldm_mini.diffusion import NoiseSchedule
 
 __all__ = [
@@ -114,28 +115,6 @@ def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0
     return points.float()
 
 
-def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal timestep embedding (Transformer / DDPM): t (B,) -> float32 (B, dim).
-
-    With half = dim / 2 and frequencies w_i = max_period^(-i / half), i = 0..half-1, the
-    embedding is [cos(t w_0), ..., cos(t w_{half-1}), sin(t w_0), ..., sin(t w_{half-1})]
-    (the order of guided-diffusion's ``timestep_embedding``). ``dim`` must be even; t may be
-    integer or fractional.
-    """
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
-        raise ValueError(f"dim must be an even int >= 2, got {dim!r}")
-    if not torch.is_tensor(t) or t.ndim != 1:
-        raise ValueError(f"t must be a 1-D tensor (B,) of timesteps, got {_shape_of(t)}")
-    half = dim // 2
-    # w_i = exp(-ln(max_period) i / half)
-    frequencies = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )
-    # angle_{b,i} = t_b w_i
-    angles = rearrange(t.float(), "b -> b 1") * rearrange(frequencies, "i -> 1 i")
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
-
-
 def _checked_timesteps(t: object, batch: int, num_timesteps: int, allow_int: bool) -> Tensor:
     """t as a LongTensor (batch,) of integer timesteps in [0, num_timesteps), else ValueError.
 
@@ -165,9 +144,10 @@ class ToyDenoiser(nn.Module):
     """An MLP eps_theta(x_t, t) for 2-D points: concat(x_t, embedding(t)) -> (B, 2).
 
     ``hidden`` units in each of ``depth`` hidden layers with SiLU; ``embedding_dim`` sinusoidal
-    features of t (:func:`sinusoidal_embedding`). ``num_timesteps`` (T) is only used to check
-    that t lies in [0, T). The output is whatever the schedule's parameterization asks for
-    (eps by default); it has the shape of x.
+    features of t (:func:`sinusoidal_embedding`, which is the U-Net's
+    :func:`ldm_mini.blocks.timestep_embedding` under its toy name). ``num_timesteps`` (T) is
+    only used to check that t lies in [0, T). The output is whatever the schedule's
+    parameterization asks for (eps by default); it has the shape of x.
     """
 
     def __init__(

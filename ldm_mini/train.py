@@ -34,6 +34,7 @@ from ldm_mini.checkpoints import (
     recover_interrupted_save,
     save_checkpoint,
 )
+from ldm_mini.configs import config_from_dict
 from ldm_mini.environment import pick_device
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -90,15 +91,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         return config_from_dict(cls, values, "train")
-
-
-def config_from_dict(cls, values: dict[str, Any], section: str):
-    """Build a config dataclass, rejecting unknown keys with the list of valid ones."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"unknown {section} setting(s) {unknown}; valid: {names}")
-    return cls(**values)
 
 
 class TrainingDivergedError(RuntimeError):

@@ -20,6 +20,8 @@ then an Upsample (not after level 0); GroupNorm, SiLU and a zero-initialised ``c
 Every residual branch ends in a zero-initialised layer, so a fresh U-Net outputs zeros.
 
 It follows the model protocol of :mod:`ldm_mini.samplers`: ``unet(x_t, t, **model_kwargs)``.
+``group_norm``, ``Downsample``, ``Upsample`` and :func:`timestep_embedding` (importable from
+here too) are defined in :mod:`ldm_mini.blocks`, shared with the autoencoder.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ldm_mini.attention import SpatialTransformer
-from ldm_mini.autoencoder import Downsample, Upsample, group_norm
-from ldm_mini.toy import sinusoidal_embedding
+from ldm_mini.blocks import Downsample, Upsample, group_norm, timestep_embedding
+from ldm_mini.configs import check_keys, is_int, is_number
 
 __all__ = [
     "ResBlock",
@@ -47,36 +49,9 @@ __all__ = [
 ]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _shape_of(value: object) -> str:
     shape = getattr(value, "shape", None)
     return f"shape {tuple(shape)}" if shape is not None else type(value).__name__
-
-
-# --------------------------------------------------------------------------------------
-# Timestep embedding
-# --------------------------------------------------------------------------------------
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of timesteps t (B,) (integer or fractional) -> float32 (B, dim).
-
-    With half = dim / 2 and frequencies w_i = max_period^(-i / half), i = 0..half-1:
-    emb(t) = [cos(t w_0), ..., cos(t w_{half-1}), sin(t w_0), ..., sin(t w_{half-1})], the
-    convention of guided-diffusion and of :func:`ldm_mini.toy.sinusoidal_embedding`, which
-    computes it. ``dim`` must be even.
-    """
-    if torch.is_tensor(t) and (t.dtype == torch.bool or t.is_complex()):
-        raise ValueError(f"t must hold integer or real timesteps, got dtype {t.dtype}")
-    # emb(t)_i = cos(t w_i), emb(t)_{half + i} = sin(t w_i), w_i = max_period^(-i / half)
-    return sinusoidal_embedding(t, dim, max_period)
 
 
 # --------------------------------------------------------------------------------------
@@ -127,9 +102,9 @@ class UNetConfig:
         """Raise ValueError, saying what to change, if any value is out of range."""
         for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        if not _is_int(self.transformer_depth) or self.transformer_depth < 1:
+        if not is_int(self.transformer_depth) or self.transformer_depth < 1:
             raise ValueError(
                 f"transformer_depth must be a positive int, got {self.transformer_depth!r}."
             )
@@ -138,21 +113,21 @@ class UNetConfig:
                 f"transformer_feed_forward must be true or false, "
                 f"got {self.transformer_feed_forward!r}."
             )
-        if not _is_int(self.concat_channels) or self.concat_channels < 0:
+        if not is_int(self.concat_channels) or self.concat_channels < 0:
             raise ValueError(
                 f"concat_channels must be an int >= 0 (0: no concatenation), "
                 f"got {self.concat_channels!r}."
             )
         for name in ("context_dim", "num_classes"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(f"{name} must be None or a positive int, got {value!r}.")
-        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+        if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}.")
         if (
             not isinstance(self.channel_mult, tuple)
             or not self.channel_mult
-            or not all(_is_int(m) and m >= 1 for m in self.channel_mult)
+            or not all(is_int(m) and m >= 1 for m in self.channel_mult)
         ):
             raise ValueError(
                 f"channel_mult must be a non-empty tuple of positive ints (one per level), "
@@ -160,7 +135,7 @@ class UNetConfig:
             )
         levels = len(self.channel_mult)
         if not isinstance(self.attention_levels, tuple) or not all(
-            _is_int(level) and 0 <= level < levels for level in self.attention_levels
+            is_int(level) and 0 <= level < levels for level in self.attention_levels
         ):
             raise ValueError(
                 f"attention_levels must be a tuple of level indices in [0, {levels}) "
@@ -170,7 +145,7 @@ class UNetConfig:
             raise ValueError(f"attention_levels has repeated levels: {self.attention_levels!r}.")
         for name in ("heads", "head_dim"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(f"{name} must be None or a positive int, got {value!r}.")
         if self.heads is None and self.head_dim is None:
             raise ValueError("set heads or head_dim (head_dim wins when both are set).")
@@ -222,14 +197,7 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
         """Build a config from ``to_dict()`` output (or a subset of it); rejects unknown keys."""
-        if not isinstance(d, dict):
-            raise ValueError(f"expected a dict of config values, got {type(d).__name__}.")
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"unknown UNetConfig key(s) {unknown}; valid keys are: {', '.join(valid)}."
-            )
+        check_keys(cls, d, "UNetConfig")
         missing = [name for name in ("in_channels", "out_channels") if name not in d]
         if missing:
             raise ValueError(f"UNetConfig needs {missing}; got keys {sorted(d)}.")

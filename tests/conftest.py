@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from ldm_mini.data.bundled import DATA_DIR_ENV, data_dir
+
+# the maintainer tools (tools/*.py: run from the repository, not installed) import by file name
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The build scripts regenerate the bundled shards from their sources."""
+"""The build tool (tools/build_datasets.py) regenerates the bundled shards from their sources."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import io
 import struct
 from pathlib import Path
 
+import build_datasets as build
 import numpy as np
 import pytest
 from PIL import Image
 
-from ldm_mini.data import build, load_dataset
+from ldm_mini.data import load_dataset
 from ldm_mini.data.bundled import read_manifest
 
 
@@ -49,7 +50,7 @@ def test_cards_are_generated_from_the_manifest(tmp_path: Path, monkeypatch):
     manifest = build.write_manifest(tmp_path, {"photos": entry})
     cards = (tmp_path / "README.md").read_text()
     shard = manifest["photos"]["splits"]["test"]["files"][0]
-    assert shard["sha256"] in cards and "python -m ldm_mini.data.build photos" in cards
+    assert shard["sha256"] in cards and "python tools/build_datasets.py photos" in cards
     assert read_manifest(tmp_path)["photos"]["splits"]["test"]["num_rows"] == len(shipped)
     monkeypatch.setenv("LDM_MINI_DATA", str(tmp_path))
     assert list(load_dataset("photos", split="test")["name"]) == list(shipped["name"])

@@ -16,7 +16,7 @@ from ldm_mini.classifier import (
     predict,
     save_classifier,
 )
-from ldm_mini.first_stage import DataConfig, build_dataset
+from ldm_mini.data.config import DataConfig, build_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,8 +16,8 @@ from ldm_mini.checkpoints import (
     weights_sha256s,
 )
 from ldm_mini.configs import PRESETS, apply_overrides, available_presets, load_preset
-from ldm_mini.first_stage import parse_config
 from ldm_mini.losses import AutoencoderLoss, AutoencoderLossConfig
+from ldm_mini.stages.autoencoder import parse_config
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -15,8 +15,10 @@ import torch
 from synthetic import smooth_images
 
 from ldm_mini.autoencoder import AutoencoderConfig
-from ldm_mini.first_stage import AutoencoderStage, DataConfig, OptimConfig, load_autoencoder
+from ldm_mini.data.config import DataConfig
 from ldm_mini.losses import AutoencoderLossConfig
+from ldm_mini.pipelines import load_autoencoder
+from ldm_mini.stages.autoencoder import AutoencoderStage, OptimConfig
 from ldm_mini.train import TrainConfig, Trainer, resolve_precision
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

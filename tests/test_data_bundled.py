@@ -88,7 +88,7 @@ def test_manifest_checksums_match_files_and_cards():
 
 def test_data_folder_stays_small():
     # datasets about 27 MiB; shipped checkpoints about 27 MiB (weights in float16: 2.8 MiB per
-    # model of ~1.4M parameters, 10 models including the three super-resolution ones of issue 8)
+    # model of ~1.4M parameters, 10 models including the three super-resolution ones)
     total = sum(p.stat().st_size for p in (REPO / "data").rglob("*") if p.is_file())
     assert total < 60 * 2**20, f"data/ is {total / 2**20:.1f} MiB, the budget is 60 MiB"
 
@@ -128,7 +128,7 @@ def test_damaged_shard_names_file_and_rebuild_command(data_copy: Path):
         load_dataset("photos", split="test")
     message = str(info.value)
     assert str(shard) in message and "damaged" in message
-    assert "python -m ldm_mini.data.build photos" in message
+    assert "python tools/build_datasets.py photos" in message
     assert "git checkout -- data/photos/test-00000-of-00001.parquet" in message
     # the intact split of the same dataset still loads
     assert len(load_dataset("photos", split="train")) == 33
@@ -140,7 +140,7 @@ def test_missing_shard_names_file_and_rebuild_command(data_copy: Path):
     with pytest.raises(DamagedShardError, match="missing") as info:
         load_dataset("photos", split="train")
     assert str(shard) in str(info.value)
-    assert "python -m ldm_mini.data.build photos" in str(info.value)
+    assert "python tools/build_datasets.py photos" in str(info.value)
 
 
 def test_damaged_manifest_is_reported(data_copy: Path):

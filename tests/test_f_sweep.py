@@ -14,7 +14,7 @@ from ldm_mini.f_sweep import (
     ldm_config,
     run_f_sweep,
 )
-from ldm_mini.ldm_training import load_ldm_preset
+from ldm_mini.stages.ldm import load_ldm_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,12 +11,9 @@ import torch
 from ldm_mini.checkpoints import CheckpointError, save_checkpoint
 from ldm_mini.cli import main
 from ldm_mini.configs import apply_overrides, load_preset
-from ldm_mini.first_stage import (
-    evaluate_autoencoder,
-    load_autoencoder,
-    make_stage,
-    train_autoencoder,
-)
+from ldm_mini.evaluation import evaluate_autoencoder
+from ldm_mini.pipelines import load_autoencoder
+from ldm_mini.stages.autoencoder import make_stage, train_autoencoder
 from ldm_mini.train import Trainer
 
 
@@ -196,7 +193,7 @@ def test_decoder_only_fine_tuning_keeps_every_latent_and_changes_the_decoder(
     first, second = load_autoencoder(start)[0], load_autoencoder(tuned)[0]
     x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert torch.equal(_encoder_outputs(start, x), _encoder_outputs(tuned, x))
-    from ldm_mini.first_stage import latent_parts_sha256
+    from ldm_mini.autoencoder import latent_parts_sha256
 
     assert latent_parts_sha256(first) == latent_parts_sha256(second)
     assert saved["init"]["latent_parts_sha256"] == latent_parts_sha256(second)
@@ -211,7 +208,7 @@ def test_decoder_only_fine_tuning_keeps_every_latent_and_changes_the_decoder(
 
 
 def test_full_fine_tuning_changes_the_encoder_and_the_checks_reject_it(tmp_path: Path):
-    from ldm_mini.first_stage import latent_parts_sha256
+    from ldm_mini.autoencoder import latent_parts_sha256
 
     start = tmp_path / "start"
     train_autoencoder(_tiny(**{"train.steps": 3}), start, progress=False)

@@ -1,4 +1,4 @@
-"""Latent diffusion (ldm_mini.ldm, ldm_mini.ldm_training) and the engine's EMA."""
+"""Latent diffusion (ldm_mini.ldm, ldm_mini.stages.ldm, ldm_mini.pipelines) and the engine's EMA."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from ldm_mini.autoencoder import AutoencoderConfig, build_autoencoder
-from ldm_mini.checkpoints import CheckpointError, load_checkpoint
+from ldm_mini.checkpoints import CheckpointError, export_ema_checkpoint, load_checkpoint
 from ldm_mini.configs import PRESETS, apply_overrides, available_presets
 from ldm_mini.diffusion import NoiseSchedule
 from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor, slerp
-from ldm_mini.ldm_training import load_ldm, load_ldm_preset, parse_config, train_ldm
+from ldm_mini.pipelines import load_ldm
+from ldm_mini.stages.ldm import load_ldm_preset, parse_config, train_ldm
 from ldm_mini.train import ExponentialMovingAverage
 from ldm_mini.unet import UNet, UNetConfig
 
@@ -332,7 +333,7 @@ def test_checkpoint_round_trip_samples_bitwise_and_errors(tmp_path: Path):
     raw, _ = load_ldm(tmp_path / "run", use_ema=False)
     assert not torch.equal(draw(raw), draw(ldm))
     with pytest.raises(CheckpointError, match="'autoencoder' checkpoint is needed"):
-        from ldm_mini.first_stage import load_autoencoder
+        from ldm_mini.pipelines import load_autoencoder
 
         load_autoencoder(tmp_path / "run")
     with pytest.raises(CheckpointError, match="'ldm' checkpoint is needed"):
@@ -357,7 +358,7 @@ def test_bad_configs_are_clear_errors():
         parse_config({**load_ldm_preset("tiny"), "model": {"width": 3}})
     with pytest.raises(ValueError, match="condition.kind must be one of"):
         parse_config(tiny_config(**{"condition.kind": "colour"}))
-    with pytest.raises(ValueError, match="no shipped checkpoint 'nope'"):
+    with pytest.raises(CheckpointError, match="no shipped checkpoint 'nope'"):
         train_ldm(
             tiny_config(**{"first_stage.checkpoint": "shipped:nope"}), "/tmp/unused", progress=False
         )
@@ -366,11 +367,10 @@ def test_bad_configs_are_clear_errors():
 def test_shipped_export_refers_to_the_autoencoder_by_sha256(tmp_path: Path, monkeypatch):
     import shutil
 
-    import ldm_mini.ldm_training as ldm_training
     from ldm_mini.data.bundled import data_dir
 
     train_ldm(tiny_config(), tmp_path / "run", progress=False)
-    shipped = ldm_training.export_ldm(tmp_path / "run", tmp_path / "shipped", {"note": "test"})
+    shipped = export_ema_checkpoint(tmp_path / "run", tmp_path / "shipped", {"note": "test"})
     state = load_checkpoint(shipped).model_state
     assert state and all(k.startswith("unet.") for k in state)  # no first-stage copy
     ema, _ = load_ldm(tmp_path / "run")
@@ -404,7 +404,7 @@ def test_shipped_export_refers_to_the_autoencoder_by_sha256(tmp_path: Path, monk
 
 
 def test_warm_start_begins_from_the_ema_weights_and_refuses_mismatches(tmp_path: Path):
-    from ldm_mini.ldm_training import make_stage
+    from ldm_mini.stages.ldm import make_stage
 
     train_ldm(tiny_config(), tmp_path / "first", progress=False)
     source, source_config = load_ldm(tmp_path / "first")  # the EMA weights
@@ -482,7 +482,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path):
 
 
 def test_generate_with_eta_is_seeded_stochastic_ddim_and_refuses_other_samplers():
-    from ldm_mini.ldm_training import generate
+    from ldm_mini.pipelines import generate
 
     ldm = tiny_ldm(num_classes=3)
     labels = torch.tensor([0, 1, 2, 0])

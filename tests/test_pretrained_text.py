@@ -12,9 +12,12 @@ import torch
 
 pytest.importorskip("transformers", reason="the dev extra installs transformers")
 
-from ldm_mini.checkpoints import load_checkpoint  # noqa: E402
+from ldm_mini.checkpoints import (
+    export_ema_checkpoint,  # noqa: E402
+    load_checkpoint,  # noqa: E402
+)
 from ldm_mini.configs import apply_overrides  # noqa: E402
-from ldm_mini.ldm_training import export_ldm, load_ldm, load_ldm_preset, train_ldm  # noqa: E402
+from ldm_mini.pipelines import load_ldm
 from ldm_mini.pretrained_text import (  # noqa: E402
     MINILM_PACKAGE,
     MINILM_SHA256,
@@ -22,6 +25,7 @@ from ldm_mini.pretrained_text import (  # noqa: E402
     file_sha256,
     locate_minilm,
 )
+from ldm_mini.stages.ldm import load_ldm_preset, train_ldm  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,7 +169,7 @@ def test_ldm_with_a_frozen_encoder_trains_saves_and_loads(tiny_bert: Path, tmp_p
     prompts = ["a crimson circle", "a red circle above a blue square"]
     noise = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(0))
     first, _ = ldm.sample(2, (8, 8), steps=2, prompts=prompts, guidance=3.0, noise=noise)
-    shipped = export_ldm(tmp_path / "run", tmp_path / "shipped", {})
+    shipped = export_ema_checkpoint(tmp_path / "run", tmp_path / "shipped", {})
     again, _ = load_ldm(shipped)[0].sample(2, (8, 8), steps=2, prompts=prompts, guidance=3.0,
                                              noise=noise)  # fmt: skip
     assert torch.equal(first, again)

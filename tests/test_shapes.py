@@ -151,8 +151,8 @@ def test_heldout_prompts_are_unseen_combinations_of_seen_words():
 
 
 def test_data_options_reach_the_shapes_loader():
+    from ldm_mini.data.config import DataConfig, build_dataset
     from ldm_mini.data.shapes import is_heldout
-    from ldm_mini.first_stage import DataConfig, build_dataset
 
     data = DataConfig(dataset="shapes", limit=12, options={"prompts": "heldout"})
     images = build_dataset(data)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ldm_mini.data.bundled import data_dir
-from ldm_mini.first_stage import evaluate_autoencoder, load_autoencoder
+from ldm_mini.evaluation import evaluate_autoencoder
+from ldm_mini.pipelines import load_autoencoder
 
 CHECKPOINTS = data_dir() / "checkpoints"
 SHIPPED = sorted(path for path in CHECKPOINTS.iterdir() if (path / "config.json").is_file())
@@ -72,8 +73,8 @@ def test_shipped_classifier_card_prints_its_measured_accuracy(path: Path):
 @pytest.mark.parametrize("path", SRS, ids=[path.name for path in SRS])
 def test_shipped_super_resolution_matches_its_card_and_upscales(path: Path, one_thread):
     from ldm_mini import metrics
-    from ldm_mini.superres.evaluation import heldout_crops
-    from ldm_mini.superres.training import load_sr, super_resolve
+    from ldm_mini.evaluation import heldout_crops
+    from ldm_mini.pipelines import load_sr, super_resolve
 
     config = json.loads((path / "config.json").read_text())
     card = (path / "README.md").read_text()
@@ -103,7 +104,7 @@ def test_shipped_super_resolution_matches_its_card_and_upscales(path: Path, one_
 
 @pytest.mark.parametrize("path", LDMS, ids=[path.name for path in LDMS])
 def test_shipped_ldm_matches_its_card_and_samples(path: Path, one_thread):
-    from ldm_mini.ldm_training import generate, load_ldm
+    from ldm_mini.pipelines import generate, load_ldm
 
     config = json.loads((path / "config.json").read_text())
     card = (path / "README.md").read_text()
@@ -161,7 +162,7 @@ def test_shipped_names_load_everywhere_a_checkpoint_folder_does(tmp_path, capsys
 
 
 def test_the_photos_autoencoder_keeps_the_latents_its_sr_models_were_trained_on(one_thread):
-    from ldm_mini.first_stage import latent_parts_sha256
+    from ldm_mini.autoencoder import latent_parts_sha256
 
     path = CHECKPOINTS / "photos_kl_f4"
     config = json.loads((path / "config.json").read_text())

@@ -127,8 +127,8 @@ def test_rescaled_crops_show_the_photo_shrunk_by_a_factor_in_range():
     import numpy as np
     from PIL import Image
 
+    from ldm_mini.stages.sr import load_sr_preset, parse_config
     from ldm_mini.superres import SRCrops
-    from ldm_mini.superres.training import load_sr_preset, parse_config
 
     # a horizontal ramp: a crop's left-to-right rise tells how many source pixels it spans
     ramp = np.tile(np.linspace(0, 255, 512), (512, 1)).round().astype(np.uint8)
@@ -166,8 +166,8 @@ def test_rotate90_turns_crops_by_quarter_turns_and_keeps_them_seeded():
     import numpy as np
     from PIL import Image
 
+    from ldm_mini.stages.sr import load_sr_preset, parse_config
     from ldm_mini.superres import SRCrops
-    from ldm_mini.superres.training import load_sr_preset, parse_config
 
     # a photo with a distinct value in every pixel: each crop is one of the 4 turns of its
     # unturned version, and the degraded input is the degradation of the turned target

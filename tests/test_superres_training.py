@@ -8,18 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm_mini.checkpoints import load_checkpoint
+from ldm_mini.checkpoints import export_ema_checkpoint, load_checkpoint
 from ldm_mini.configs import apply_overrides
+from ldm_mini.pipelines import REFINE_T, load_sr, super_resolve
+from ldm_mini.stages.sr import load_sr_preset, parse_config, train_sr
 from ldm_mini.superres import Bicubic
-from ldm_mini.superres.training import (
-    REFINE_T,
-    export_sr,
-    load_sr,
-    load_sr_preset,
-    parse_config,
-    super_resolve,
-    train_sr,
-)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,7 +81,8 @@ def test_diffusion_run_saves_loads_and_upscales(diffusion_run: Path):
 
 
 def test_export_ships_the_ema_weights_without_trainer_state(diffusion_run: Path, tmp_path: Path):
-    shipped = export_sr(diffusion_run, tmp_path / "shipped", {"command": "ldm-mini train-sr ..."})
+    extra = {"command": "ldm-mini train-sr ..."}
+    shipped = export_ema_checkpoint(diffusion_run, tmp_path / "shipped", extra)
     assert not (shipped / "trainer_state.pt").exists()
     config = json.loads((shipped / "config.json").read_text())
     assert config["shipped_weights"] == "ema" and config["command"] == "ldm-mini train-sr ..."
@@ -176,7 +170,8 @@ def test_cli_trains_and_upscales_any_size(diffusion_run: Path, tmp_path: Path, c
 
 def test_evaluate_sr_scores_every_method_on_the_same_crops(diffusion_run: Path, tmp_path, capsys):
     from ldm_mini.cli import main
-    from ldm_mini.superres.evaluation import bicubic_upsample, evaluate_sr, heldout_crops
+    from ldm_mini.evaluation import evaluate_sr, heldout_crops
+    from ldm_mini.superres.consistency import bicubic_upsample
 
     regression = tmp_path / "regression"
     train_sr(sr_config(**{"objective.kind": "regression", "train.steps": 2}), regression,
@@ -227,7 +222,7 @@ def test_evaluate_sr_scores_every_method_on_the_same_crops(diffusion_run: Path, 
 
 def test_evaluate_sr_scores_the_first_stage_ceiling_of_a_latent_model(tmp_path: Path):
     from ldm_mini import metrics
-    from ldm_mini.superres.evaluation import evaluate_sr, heldout_crops
+    from ldm_mini.evaluation import evaluate_sr, heldout_crops
 
     run = tmp_path / "latent"
     train_sr(sr_config(**{"first_stage.checkpoint": "shipped:emoji_kl_f4", "train.steps": 1}),
@@ -247,7 +242,7 @@ def test_evaluate_sr_scores_the_first_stage_ceiling_of_a_latent_model(tmp_path: 
 def test_warm_start_loads_the_unet_and_refuses_other_objectives_unets_and_latents(
     diffusion_run: Path, tmp_path: Path
 ):
-    from ldm_mini.superres.training import make_stage
+    from ldm_mini.stages.sr import make_stage
 
     ema = load_sr(diffusion_run)[0].unet.state_dict()
     stage, _, _ = make_stage(sr_config(**{"init.checkpoint": str(diffusion_run)}))
@@ -285,7 +280,7 @@ def _emoji_autoencoder_with_changed(part: str, folder: Path) -> Path:
 
 
 def test_warm_start_follows_the_encoder_not_the_decoder(tmp_path: Path):
-    from ldm_mini.superres.training import make_stage
+    from ldm_mini.stages.sr import make_stage
 
     start = tmp_path / "start"
     train_sr(sr_config(**{"first_stage.checkpoint": "shipped:emoji_kl_f4", "train.steps": 2}),
@@ -303,15 +298,15 @@ def test_warm_start_follows_the_encoder_not_the_decoder(tmp_path: Path):
 def test_repointing_to_a_fine_tuned_decoder_keeps_the_unet_and_refuses_other_encoders(
     tmp_path: Path,
 ):
-    from ldm_mini.checkpoints import CheckpointError
+    from ldm_mini.checkpoints import CheckpointError, repoint_first_stage
     from ldm_mini.configs import load_preset
-    from ldm_mini.first_stage import train_autoencoder
-    from ldm_mini.ldm_training import repoint_first_stage
+    from ldm_mini.stages.autoencoder import train_autoencoder
 
     run = tmp_path / "run"
     train_sr(sr_config(**{"first_stage.checkpoint": "shipped:emoji_kl_f4", "train.steps": 2}),
              run, progress=False)  # fmt: skip
-    shipped_like = export_sr(run, tmp_path / "export", {})  # refers to shipped:emoji_kl_f4
+    # refers to shipped:emoji_kl_f4
+    shipped_like = export_ema_checkpoint(run, tmp_path / "export", {})
     tuned = tmp_path / "decoder"
     overrides = {"data.dataset": "emoji", "init.checkpoint": "shipped:emoji_kl_f4",
                  "init.trainable": "decoder", "train.steps": 2}  # fmt: skip
@@ -387,7 +382,7 @@ def test_evaluate_and_cli_refine_from_the_regression(
     from PIL import Image
 
     from ldm_mini.cli import main
-    from ldm_mini.superres.evaluation import evaluate_sr
+    from ldm_mini.evaluation import evaluate_sr
 
     result = evaluate_sr(diffusion_run, regression_run, n=4, steps=20, refine=True)
     assert set(result) == {"ldm_sr", "bicubic", "regression", "ldm_sr_refined", "settings"}

@@ -95,7 +95,7 @@ def test_dataloader_batches_and_shuffles_deterministically(fashion):
 
 
 def test_crops_per_image_gives_many_native_crops_of_few_photos():
-    from ldm_mini.first_stage import DataConfig, build_dataset
+    from ldm_mini.data.config import DataConfig, build_dataset
 
     data = DataConfig(dataset="photos", image_size=64, crops_per_image=5, hflip=False)
     crops = build_dataset(data, seed=1)

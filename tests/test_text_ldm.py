@@ -10,7 +10,8 @@ import torch
 
 from ldm_mini.checkpoints import load_checkpoint
 from ldm_mini.configs import apply_overrides
-from ldm_mini.ldm_training import load_ldm, load_ldm_preset, make_stage, train_ldm
+from ldm_mini.pipelines import load_ldm
+from ldm_mini.stages.ldm import load_ldm_preset, make_stage, train_ldm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

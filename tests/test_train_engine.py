@@ -229,7 +229,7 @@ def test_precision_choice():
         resolve_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="precision must be one of"):
         TrainConfig(precision="fp8")
-    with pytest.raises(ValueError, match=r"unknown train setting\(s\) \['stepz'\]"):
+    with pytest.raises(ValueError, match=r"unknown train key\(s\) \['stepz'\]"):
         TrainConfig.from_dict({"stepz": 3})
 
 

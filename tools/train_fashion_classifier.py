@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ldm_mini.classifier import ClassifierConfig, ImageClassifier, class_accuracy, save_classifier
-from ldm_mini.first_stage import DataConfig, build_dataset
+from ldm_mini.data.config import DataConfig, build_dataset
 
 
 def images_and_labels(split: str) -> tuple[torch.Tensor, torch.Tensor]:

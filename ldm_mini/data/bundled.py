@@ -55,7 +55,7 @@ def read_manifest(directory: Path | None = None) -> dict[str, Any]:
         raise DamagedShardError(
             f"Cannot read the data manifest {path}: {err}. Restore it with "
             f"`git checkout -- data/{MANIFEST_NAME}` or rebuild with "
-            "`python -m ldm_mini.data.build all`."
+            "`python tools/build_datasets.py all`."
         ) from err
 
 

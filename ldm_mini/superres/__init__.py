@@ -1,10 +1,12 @@
 """Super-resolution with latent diffusion (LDM-SR, LDM-BSR): degradations, and conditioning by
 concatenating the low-resolution image to z_t.
 
-Taught in notebook 08_super_resolution. So far: :mod:`.degradations` (bicubic and blind),
-:mod:`.concat` (the low-resolution image joined to z_t), :mod:`.data` (training crops),
-:mod:`.tiling` (whole images as overlapping tiles, blended at every sampling step) and
-:mod:`.consistency` (back-projection of an output onto its bicubic-degraded input).
+Taught in notebook 08_super_resolution. The model-level pieces: :mod:`.degradations` (bicubic
+and blind), :mod:`.concat` (the low-resolution image joined to z_t), :mod:`.data` (training
+crops), :mod:`.tiling` (whole images as overlapping tiles, blended at every sampling step) and
+:mod:`.consistency` (back-projection of an output onto its bicubic-degraded input). Training is
+:mod:`ldm_mini.stages.sr`, upscaling with a trained model :mod:`ldm_mini.pipelines.superres`,
+measuring :mod:`ldm_mini.evaluation.sr`.
 """
 
 from ldm_mini.superres.concat import concat_condition, unet_input

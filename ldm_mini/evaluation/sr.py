@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ldm_mini import metrics
+from ldm_mini.pipelines import REFINE_T, load_sr, super_resolve
 from ldm_mini.samplers import check_eta
 from ldm_mini.superres.consistency import (
     back_project,
@@ -29,7 +30,6 @@ from ldm_mini.superres.consistency import (
 )
 from ldm_mini.superres.data import SRCrops
 from ldm_mini.superres.degradations import make_degradation
-from ldm_mini.superres.training import REFINE_T, load_sr, super_resolve
 
 EVALUATION_SEED = 1234  # the held-out crops: the same for every checkpoint
 
@@ -110,13 +110,13 @@ def evaluate_sr(
     "regression": {...}, "reconstruction": {...}, "settings": {...}}`` (``reconstruction``: the
     first stage's D(E(x)) of the crops, the ceiling of any LDM on it; not for pixel space).
     ``back_projection`` > 0 also scores every method's outputs after that many iterations of
-    :func:`.consistency.back_project` (entries ``"ldm_sr_bp"``, ``"bicubic_bp"``, ...; bicubic
+    :func:`ldm_mini.superres.back_project` (entries ``"ldm_sr_bp"``, ``"bicubic_bp"``, ...; bicubic
     degradation only). ``temperature`` scales LDM-SR's starting noise and ``eta`` its DDIM
-    sampler's fresh noise (see :func:`.training.super_resolve`). ``split="train"`` scores crops
-    of the training photos instead (the same seed): for choosing settings such as the
+    sampler's fresh noise (:func:`ldm_mini.pipelines.super_resolve`). ``split="train"`` scores
+    crops of the training photos instead (the same seed): for choosing settings such as the
     temperature without looking at the test photos. ``refine``: also score LDM-SR started from
     the regression's prediction noised to step ``refine_t`` (entry ``"ldm_sr_refined"``; see
-    :func:`.training.super_resolve`'s ``refine_from``; needs ``regression``)."""
+    :func:`ldm_mini.pipelines.super_resolve`'s ``refine_from``; needs ``regression``)."""
     from ldm_mini.perceptual import PerceptualDistance
 
     start = time.perf_counter()
