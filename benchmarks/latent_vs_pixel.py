@@ -6,42 +6,54 @@ same U-Net preset (only the input channels differ). For each space:
 
 * training throughput (images per second; forward, backward, AdamW step, with the LDM
   preset's batch size and learning rate), interleaved rounds after warm-up, medians;
-* sampling seconds per image (DDIM, decoding included for latents);
 * training activation memory: the bytes autograd saves for backward in one training step
   (measured with saved-tensor hooks, so it works on CPU; on CUDA the peak allocated memory
   is printed too);
-* FD (EffNet features, or Inception where available) of samples against test images after
-  the same wall-clock training budget for both, from the same initial U-Net weights.
+* quality after the same wall-clock budget: a class-conditional LDM trained from scratch by the
+  course's engine with the preset's recipe (v-prediction, cosine decay over the budget, EMA),
+  stopped by the engine's clock (``train.max_minutes``, the same seconds for both), then scored
+  on ``--n`` samples at w = 1 (DDIM, ``--eta``): FD-EffNet against the first n test images, the
+  class accuracy of the samples (the shipped classifier) and sampling seconds per image
+  (decoding included). The latent model's FD is also given as a ratio to the autoencoder's
+  reconstruction FD measured the same way (reconstructions of the first n training images
+  against the same test images): the floor any model on these latents can reach.
 
-An f = 8 autoencoder is not shipped, so f = 8 is left out ("where it fits" in the issue).
+An f = 8 autoencoder is not shipped, so f = 8 is left out (notebook 09's f-sweep trains one).
 Prints a table and a final JSON line with ``throughput_ratio`` (latent / pixel images per
 second). Usage::
 
-    OMP_NUM_THREADS=2 python benchmarks/latent_vs_pixel.py --budget 300 --n 300
+    python benchmarks/latent_vs_pixel.py --budget 600 --n 1000 --eta 1 --json-out FILE
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from ldm_mini.data import TensorImageDataset, load_dataset
 from ldm_mini.diffusion import NoiseSchedule
-from ldm_mini.first_stage import load_autoencoder
+from ldm_mini.evaluation import evaluate_ldm
+from ldm_mini.f_sweep import SweepConfig, ldm_config
 from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor
-from ldm_mini.ldm_training import (
-    encode_dataset,
-    generate,
-    load_ldm_preset,
-    resolve_first_stage_path,
-)
 from ldm_mini.metrics import frechet_distance
-from ldm_mini.train import ExponentialMovingAverage
+from ldm_mini.pipelines import load_autoencoder
+from ldm_mini.stages.ldm import (
+    encode_dataset,
+    load_ldm_preset,
+    train_ldm,
+)
 from ldm_mini.unet import UNet, unet_preset
+
+AUTOENCODER = "shipped:fashion_mnist_kl_f4"
 
 
 def build(space: str, autoencoder, preset: str, seed: int) -> LatentDiffusion:
@@ -67,6 +79,22 @@ def saved_activation_bytes(step) -> int:
     return total
 
 
+@torch.no_grad()
+def reconstruction_frechet_distance(autoencoder, train, test, n: int) -> float:
+    """FD of the autoencoder's reconstructions of the first n training images against the first
+    n test images: the floor of any latent model's FD measured this way."""
+    real = torch.stack([test[i]["image"] for i in range(n)])
+    images = torch.stack([train[i]["image"] for i in range(n)])
+    device = next(autoencoder.parameters()).device
+    reconstructions = [
+        autoencoder.decode_latent(autoencoder.encode_latent(images[i : i + 250].to(device)))
+        .clamp(-1, 1)
+        .cpu()
+        for i in range(0, n, 250)
+    ]
+    return frechet_distance(real, torch.cat(reconstructions))["fd"]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="cpu", help="U-Net preset for both (default: cpu)")
@@ -76,10 +104,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per space")
     parser.add_argument("--steps", type=int, default=3, help="training steps per round")
     parser.add_argument(
-        "--budget", type=float, default=300, help="training seconds per space (0: no FD phase)"
+        "--budget", type=float, default=600, help="training seconds per space (0: no FD phase)"
     )
-    parser.add_argument("--n", type=int, default=300, help="samples and test images for FD")
+    parser.add_argument("--n", type=int, default=1000, help="samples and test images for FD")
     parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--eta", type=float, default=1.0, help="DDIM's fresh noise per step")
+    parser.add_argument("--out", help="folder for the two training runs (default: temporary)")
     parser.add_argument("--train-images", type=int, default=20000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -87,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 
-    autoencoder, _ = load_autoencoder(resolve_first_stage_path("shipped:fashion_mnist_kl_f4"))
+    autoencoder, _ = load_autoencoder(AUTOENCODER)
     autoencoder = autoencoder.to(device)
     train = TensorImageDataset(
         load_dataset("fashion_mnist", split="train").select(range(args.train_images)), 32
@@ -136,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"throughput (images/s): {throughput}; activations (MB): "
           f"{ {s: round(b / 2**20, 1) for s, b in memory.items()} }", flush=True)  # fmt: skip
 
-    # the same wall-clock training budget for both, then FD
+    # the same wall-clock training budget for both, then FD and class accuracy
     results = {
         space: {
             "train_images_per_second": throughput[space],
@@ -146,53 +176,70 @@ def main(argv: list[str] | None = None) -> dict:
             "budget_steps": 0,
             "fd": None,
             "fd_label": None,
+            "class_accuracy": None,
         }
         for space in models
     }
-    real = torch.stack([test[i]["image"] for i in range(args.n)])
-    for space, model in models.items():
+    out = Path(args.out or tempfile.mkdtemp(prefix="latent_vs_pixel-"))
+    sweep = SweepConfig(
+        factors=(1, 4),
+        ldm_preset=args.preset,
+        ldm_seconds=args.budget if args.budget > 0 else 1.0,
+        ldm_batch_size=args.batch_size,
+        eval_samples=max(args.n, 2),
+        sample_steps=args.sample_steps,
+        seed=args.seed,
+        device=args.device,
+    )
+    for space, first_stage in (("pixel", "identity"), ("latent", AUTOENCODER)):
         if args.budget <= 0:
             break
-        torch.manual_seed(args.seed)
-        model.unet.load_state_dict(
-            build(space, autoencoder, args.preset, args.seed).unet.state_dict()
-        )
-        optimizers[space] = torch.optim.AdamW(model.unet.parameters(), lr)
-        ema = ExponentialMovingAverage(model.unet, 0.999)
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < args.budget:
-            train_step(space)
-            ema.update(model.unet)
-            steps += 1
-        model.unet.load_state_dict(ema.weights())
-        sample_start = time.perf_counter()
-        fake, _, _ = generate(model, args.n, 32, steps=args.sample_steps, seed=args.seed)
-        seconds_per_sample = (time.perf_counter() - sample_start) / args.n
-        fd = frechet_distance(real, fake.cpu())
-        print(f"{space}: {steps} steps in {args.budget} s, FD {fd['fd']:.1f}, "
-              f"{seconds_per_sample:.4f} s per sample", flush=True)  # fmt: skip
+        folder = out / space
+        train_ldm(ldm_config(first_stage, sweep), folder, progress=False)
+        last = json.loads((folder / "log.jsonl").read_text().splitlines()[-1])
+        score = evaluate_ldm(
+            folder, n=args.n, steps=args.sample_steps, seed=args.seed, device=args.device,
+            eta=args.eta, with_kid=False,
+        )  # fmt: skip
+        print(f"{space}: {last['step']} steps in {last['seconds']:.0f} s, FD {score['fd']:.1f}, "
+              f"class accuracy {score['class_accuracy']:.3f}, "
+              f"{score['seconds_per_sample']:.4f} s per sample", flush=True)  # fmt: skip
         results[space].update(
-            sample_seconds_per_image=seconds_per_sample,
-            budget_steps=steps,
-            fd=fd["fd"],
-            fd_label=fd["label"],
+            sample_seconds_per_image=score["seconds_per_sample"],
+            budget_steps=last["step"],
+            train_seconds=last["seconds"],
+            fd=score["fd"],
+            fd_label=score["fd_label"],
+            class_accuracy=score["class_accuracy"],
+            class_accuracy_by_class=score["class_accuracy_by_class"],
         )
         if device.type == "cuda":
             results[space]["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    reconstruction_fd = None
+    if args.budget > 0:
+        reconstruction_fd = reconstruction_frechet_distance(autoencoder, train, test, args.n)
+        results["latent"]["reconstruction_fd"] = reconstruction_fd
+        ratio = results["latent"]["fd"] / reconstruction_fd
+        results["latent"]["fd_ratio_to_reconstruction"] = ratio
 
     print(f"U-Net preset {args.preset!r} for both; batch {args.batch_size}; AdamW lr {lr}; "
-          f"{torch.get_num_threads()} threads; device {device}")  # fmt: skip
+          f"{torch.get_num_threads()} threads; device {device}; DDIM {args.sample_steps} "
+          f"steps, eta {args.eta}, n = {args.n}")  # fmt: skip
     header = (f"{'space':8s} {'input':>10s} {'img/s':>8s} {'act. MB':>8s} {'s/sample':>9s} "
-              f"{'steps in budget':>15s} {'FD':>8s}")  # fmt: skip
+              f"{'steps in budget':>15s} {'FD':>8s} {'class acc.':>10s}")  # fmt: skip
     print(header)
     print("-" * len(header))
     for space, row in results.items():
         shape = "1x32x32" if space == "pixel" else "x".join(map(str, latents.shape[1:]))
         sample = "-" if row["fd"] is None else f"{row['sample_seconds_per_image']:.4f}"
         fd = "-" if row["fd"] is None else f"{row['fd']:.2f}"
+        accuracy = "-" if row["class_accuracy"] is None else f"{row['class_accuracy']:.3f}"
         print(f"{space:8s} {shape:>10s} {row['train_images_per_second']:8.1f} "
               f"{row['activation_mb_per_step']:8.1f} {sample:>9s} "
-              f"{row['budget_steps']:15d} {fd:>8s}")  # fmt: skip
+              f"{row['budget_steps']:15d} {fd:>8s} {accuracy:>10s}")  # fmt: skip
+    if reconstruction_fd is not None:
+        print(f"the autoencoder's reconstructions: FD {reconstruction_fd:.1f}; the latent model's "
+              f"FD is {results['latent']['fd_ratio_to_reconstruction']:.2f}x that")
     sampled = results["latent"]["fd"] is not None
     summary = {
         "throughput_ratio": throughput["latent"] / throughput["pixel"],
@@ -203,6 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
         "fd_pixel": results["pixel"]["fd"],
         "fd_latent": results["latent"]["fd"],
         "fd_label": results["latent"]["fd_label"],
+        "class_accuracy_pixel": results["pixel"]["class_accuracy"],
+        "class_accuracy_latent": results["latent"]["class_accuracy"],
+        "reconstruction_fd": reconstruction_fd,
         "spaces": results,
         "settings": {
             "preset": args.preset,
@@ -213,7 +263,15 @@ def main(argv: list[str] | None = None) -> dict:
             "train_images": args.train_images,
             "n": args.n,
             "sample_steps": args.sample_steps,
+            "eta": args.eta,
+            "guidance": 1.0,
+            "recipe": {k: v for k, v in preset.items() if k in ("diffusion", "optim")},
+            "lr_schedule": preset["train"]["lr_schedule"],
+            "ema_decay": preset["train"]["ema_decay"],
         },
+        "command": "python benchmarks/latent_vs_pixel.py " + " ".join(argv or sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(summary))
     if args.json_out:
