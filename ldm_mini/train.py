@@ -558,10 +558,14 @@ class Trainer:
         set_epoch = getattr(self.dataset, "set_epoch", None) if config.num_workers == 0 else None
         last: dict[str, Any] = {}
         main_process = self.rank == 0  # with several processes only rank 0 writes
+        # with a clock budget the bar counts training seconds of it (the step count is only an
+        # upper bound then), else steps
+        budget = None if config.max_minutes is None else round(60.0 * config.max_minutes)
         bar = tqdm(
-            total=config.steps,
-            initial=self.step,
-            desc=self.stage.name,
+            total=config.steps if budget is None else budget,
+            initial=self.step if budget is None else min(budget, round(self.seconds)),
+            desc=self.stage.name if budget is None else f"{self.stage.name}, seconds of budget",
+            bar_format=None if budget is None else "{l_bar}{bar}| {n}/{total} s{postfix}",
             disable=not (self.progress and main_process),
         )
         for module in self.stage.modules().values():
@@ -578,14 +582,15 @@ class Trainer:
                 values = self._train_step(_to_device(batch, self.device), step)
                 self.step = step
                 self.seconds = time.perf_counter() - start
-                bar.update(1)
+                bar.update(1 if budget is None else min(budget, round(self.seconds)) - bar.n)
                 # the last step: all steps done, or the clock ran out (every process agrees)
                 final = step == config.steps or self._agreed(self.out_of_time())
                 if step % config.log_every == 0 or final:
                     last = {"step": step, **values, "seconds": round(self.seconds, 3)}
                     log.write(json.dumps(last) + "\n")
                     log.flush()
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if "loss" in k})
+                    shown = {k: f"{v:.4g}" for k, v in values.items() if "loss" in k}
+                    bar.set_postfix(shown if budget is None else {"step": step, **shown})
                 if main_process and (step % config.sample_every == 0 or final):
                     self._write_samples(fixed)
                 if step % config.checkpoint_every == 0 or final:
