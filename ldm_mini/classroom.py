@@ -8,8 +8,10 @@ text, the check cells, the rest of the code) is kept. ``ldm-mini classroom grade
 runs the (returned) notebooks of DIR with nbclient, continuing past errors so that a failing
 exercise does not stop the others, and scores every check cell (a cell that calls
 ``checks.check_NAME(...)``, see :mod:`ldm_mini.checks`): 1 if it ran without error, else 0,
-with the first line of the error as feedback. The instructor guide is
-``docs/instructors.md``.
+with the first line of the error as feedback. A check that the student notebook should call
+(recorded in its metadata when it was made, or found in the solution notebook given with
+``--solutions DIR``) but no longer calls scores 0 with the feedback "check missing". The
+instructor guide is ``docs/instructors.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import copy
 import json
 import os
 import re
-import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -142,7 +143,9 @@ def make_student_notebook(notebook: dict[str, Any], where: str = "notebook") -> 
     """
     student = copy.deepcopy(notebook)
     cells = student["cells"]
+    student.setdefault("metadata", {}).pop("widgets", None)  # stored widget state
     for index, cell in enumerate(cells):
+        cell.get("metadata", {}).pop("execution", None)  # execution timestamps
         if cell.get("cell_type") != "code":
             continue
         cell["outputs"] = []
@@ -159,8 +162,20 @@ def make_student_notebook(notebook: dict[str, Any], where: str = "notebook") -> 
         title = _instructions(cells, index)
         cell["source"] = stub_solution(source, name, title, f"{where}, cell {index}")
         cell.setdefault("metadata", {})["ldm_mini_exercise"] = name
-    student.setdefault("metadata", {})["ldm_mini_student"] = True
+    student["metadata"]["ldm_mini_student"] = True
+    # the checks the grader expects: a removed or replaced check cell then scores 0
+    student["metadata"]["ldm_mini_checks"] = expected_checks(notebook)
     return student
+
+
+def expected_checks(notebook: dict[str, Any]) -> list[str]:
+    """The names of the checks a notebook calls (``checks.check_NAME``), in order."""
+    return [
+        name
+        for cell in notebook["cells"]
+        if cell.get("cell_type") == "code"
+        for name in CHECK_CALL.findall(_source(cell))
+    ]
 
 
 def write_notebook(notebook: dict[str, Any], path: Path) -> None:
@@ -252,11 +267,22 @@ def exercises_only(notebook: dict[str, Any]) -> dict[str, Any]:
     return reduced
 
 
+MISSING_CHECK = "check missing: no cell calls checks.check_{name} (it was removed or replaced)"
+
+
 def grade_notebook(
-    path: Path, timeout: int = 900, quick: bool = True, only_exercises: bool = False
+    path: Path,
+    timeout: int = 900,
+    quick: bool = True,
+    only_exercises: bool = False,
+    expected: list[str] | None = None,
 ) -> NotebookGrade:
     """Run one notebook with nbclient (errors do not stop it) and score its check cells;
-    ``only_exercises`` runs just the setup, exercise and check cells (:func:`exercises_only`)."""
+    ``only_exercises`` runs just the setup, exercise and check cells (:func:`exercises_only`).
+
+    ``expected``: the checks the notebook must call (default: those recorded in a student
+    notebook's metadata by :func:`make_student_notebook`); each one it no longer calls scores
+    0 with the feedback "check missing"."""
     try:
         import nbformat
         from nbclient import NotebookClient
@@ -267,6 +293,8 @@ def grade_notebook(
         ) from None
     started = time.perf_counter()
     content = read_notebook(path)
+    if expected is None:
+        expected = content.get("metadata", {}).get("ldm_mini_checks")
     # reads() joins the list-of-lines sources that nbclient cannot execute
     notebook = nbformat.reads(
         json.dumps(exercises_only(content) if only_exercises else content), as_version=4
@@ -297,20 +325,38 @@ def grade_notebook(
             if not executed:
                 error = grade.error or "not run"
             grade.exercises.append(ExerciseResult(name, error is None, error or ""))
+    found = [result.name for result in grade.exercises]
+    for name in expected or []:
+        if name in found:
+            found.remove(name)
+        else:
+            grade.exercises.append(ExerciseResult(name, False, MISSING_CHECK.format(name=name)))
     grade.seconds = round(time.perf_counter() - started, 1)
     return grade
 
 
 def grade(
-    path: str | Path, timeout: int = 900, quick: bool = True, only_exercises: bool = False
+    path: str | Path,
+    timeout: int = 900,
+    quick: bool = True,
+    only_exercises: bool = False,
+    solutions: str | Path | None = None,
 ) -> dict[str, Any]:
     """Grade every notebook at ``path``: per notebook and exercise, passed and feedback, and
     the total score. ``quick`` runs the notebooks in quick mode (LDM_MINI_QUICK=1);
-    ``only_exercises`` runs only their setup, exercise and check cells (seconds each)."""
-    grades = [
-        grade_notebook(p, timeout=timeout, quick=quick, only_exercises=only_exercises)
-        for p in notebooks_in(path)
-    ]
+    ``only_exercises`` runs only their setup, exercise and check cells (seconds each).
+    ``solutions``: the folder of solution notebooks; a graded notebook must then call every
+    check its solution (same file name) calls (else: the checks recorded in its metadata)."""
+    grades = []
+    for notebook in notebooks_in(path):
+        expected = None
+        if solutions is not None:
+            solution = Path(solutions) / notebook.name
+            if not solution.is_file():
+                raise ClassroomError(f"no solution notebook {solution} for {notebook.name}")
+            expected = expected_checks(read_notebook(solution))
+        grades.append(grade_notebook(notebook, timeout=timeout, quick=quick,
+                                     only_exercises=only_exercises, expected=expected))  # fmt: skip
     total = sum(len(g.exercises) for g in grades)
     return {
         "notebooks": [
@@ -339,9 +385,7 @@ def format_grade(result: dict[str, Any]) -> str:
         )
         for exercise in entry["exercises"]:
             mark = "ok  " if exercise["passed"] else "FAIL"
-            feedback = (
-                "" if exercise["passed"] else "  " + textwrap.shorten(exercise["feedback"], 160)
-            )
+            feedback = "" if exercise["passed"] else "  " + exercise["feedback"]
             lines.append(f"  {mark} {exercise['name']}{feedback}")
     lines.append(f"total: {result['score']}/{result['out_of']}")
     return "\n".join(lines)

@@ -314,8 +314,9 @@ def _cmd_classroom_grade(args: argparse.Namespace) -> int:
     from ldm_mini.classroom import format_grade, grade
 
     result = grade(
-        args.path, timeout=args.timeout, quick=not args.full, only_exercises=args.exercises_only
-    )
+        args.path, timeout=args.timeout, quick=not args.full,
+        only_exercises=args.exercises_only, solutions=args.solutions,
+    )  # fmt: skip
     print(json.dumps(result) if args.json else format_grade(result))
     return 0
 
@@ -753,6 +754,11 @@ def _add_classroom(sub) -> None:
         action="store_true",
         help="run only the setup, exercise and check cells (seconds per notebook)",
     )
+    grade.add_argument(
+        "--solutions", metavar="DIR",
+        help="the solution notebooks: every check they call must be called (default: the "
+        "checks recorded in each student notebook)",
+    )  # fmt: skip
     grade.add_argument("--timeout", type=int, default=900, help="seconds per cell (default: 900)")
     grade.set_defaults(func=_cmd_classroom_grade)
 

@@ -213,3 +213,37 @@ def test_grading_runs_every_cell_past_failures_and_scores_each_exercise(tmp_path
     assert main(["classroom", "grade", str(folder / "alice.ipynb")]) == 0
     report = capsys.readouterr().out
     assert "alice.ipynb: 1/2" in report and "FAIL kl" in report and "total: 1/2" in report
+
+
+def test_a_removed_or_replaced_check_scores_zero_as_missing(tmp_path, capsys):
+    solution = tmp_path / "solutions" / "course.ipynb"
+    solution.parent.mkdir()
+    notebook = _two_exercises()
+    notebook["metadata"]["widgets"] = {"state": {"a": 1}}  # stored widget state
+    notebook["cells"][1]["metadata"]["execution"] = {"iopub.status.busy": "2026-12-07T10:00"}
+    solution.write_text(json.dumps(notebook), encoding="utf-8")
+    student_dir = tmp_path / "student"
+    (student,) = classroom.make_student(solution, student_dir)
+    made = json.loads(student.read_text())
+    assert made["metadata"]["ldm_mini_checks"] == ["kl", "film"]
+    assert "widgets" not in made["metadata"]
+    assert all("execution" not in cell["metadata"] for cell in made["cells"])
+    # the learner solves both, then replaces the film check by a print
+    filled = _two_exercises()
+    filled["metadata"] = made["metadata"]
+    filled["cells"][8]["source"] = "print('looks fine to me')"
+    student.write_text(json.dumps(filled), encoding="utf-8")
+    assert main(["classroom", "grade", str(student), "--json", "--exercises-only"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["score"], result["out_of"]) == (1, 2)
+    missing = result["notebooks"][0]["exercises"][1]
+    assert missing["name"] == "film" and not missing["passed"]
+    assert missing["feedback"].startswith("check missing")
+    # without the recorded list, the solutions folder says what is expected
+    del filled["metadata"]["ldm_mini_checks"]
+    student.write_text(json.dumps(filled), encoding="utf-8")
+    assert main(["classroom", "grade", str(student), "--json", "--exercises-only"]) == 0
+    assert json.loads(capsys.readouterr().out)["out_of"] == 1  # nothing to compare with
+    assert main(["classroom", "grade", str(student), "--json", "--exercises-only",
+                 "--solutions", str(solution.parent)]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["out_of"] == 2
