@@ -62,6 +62,11 @@ def x0_from_eps(x_t, t, eps, alphas_cumprod):
     return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 
 
+def v_target(x0, eps, t, alphas_cumprod):
+    abar = _per_example(alphas_cumprod[t], x0.ndim).to(x0.dtype)
+    return abar.sqrt() * eps - (1 - abar).sqrt() * x0
+
+
 def ddpm_step(schedule, x_t, t, eps_hat, noise, variance="posterior"):
     beta = schedule.betas[t].item()
     abar, abar_prev = schedule.alphas_cumprod[t].item(), schedule.alphas_cumprod_prev[t].item()
@@ -235,6 +240,20 @@ CASES = {
                 lambda x, t, e, ac: (
                     (x - (1 - _per_example(ac[t], x.ndim).to(x.dtype)) * e)
                     / _per_example(ac[t], x.ndim).to(x.dtype)
+                ),
+                "square roots",
+            ),
+        ],
+    ),
+    "v_target": (
+        v_target,
+        [
+            (lambda x0, e, t, ac: v_target(e, x0, t, ac), "swapped"),
+            (lambda x0, e, t, ac: -v_target(x0, e, t, ac), "this is -v"),
+            (
+                lambda x0, e, t, ac: (
+                    _per_example(ac[t], x0.ndim).to(x0.dtype) * e
+                    - (1 - _per_example(ac[t], x0.ndim).to(x0.dtype)) * x0
                 ),
                 "square roots",
             ),

@@ -34,6 +34,7 @@ from ldm_mini.checks.diffusion import (
     check_ddim_step,
     check_ddpm_step,
     check_q_sample,
+    check_v_target,
     check_x0_from_eps,
 )
 from ldm_mini.checks.ldm import check_ldm_loss, check_scale_factor, check_slerp
@@ -49,6 +50,7 @@ EXERCISES: dict[str, tuple[str, Callable[[Callable], None]]] = {
     "quantize": ("02_vector_quantization", check_quantize),
     "q_sample": ("03_forward_diffusion", check_q_sample),
     "x0_from_eps": ("03_forward_diffusion", check_x0_from_eps),
+    "v_target": ("04_reverse_diffusion", check_v_target),
     "ddpm_step": ("04_reverse_diffusion", check_ddpm_step),
     "ddim_step": ("04_reverse_diffusion", check_ddim_step),
     "timestep_embedding": ("05_unet", check_timestep_embedding),

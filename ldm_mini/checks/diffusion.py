@@ -153,6 +153,37 @@ def check_x0_from_eps(fn: Callable) -> None:
     passed(name, f"{count} cases: it inverts q_sample at t = 0, T-1 and mixed")
 
 
+def check_v_target(fn: Callable) -> None:
+    """Exercise (04): ``fn(x0, eps, t, alphas_cumprod)`` -> v = sqrt(abar_t) eps -
+    sqrt(1 - abar_t) x_0, the velocity a v-predicting network is trained to output."""
+    name = "v_target"
+    generator = torch.Generator().manual_seed(404)
+    count = 0
+    for schedule_name in ("linear", "cosine", "linear, T = 10"):
+        schedule = _schedules()[schedule_name]
+        last = schedule.num_timesteps - 1
+        for shape, dtype in (((6, 2), torch.float32), ((4, 3, 8, 8), torch.float64)):
+            for label, t in _timestep_sets(shape[0], last, generator).items():
+                x0 = torch.randn(shape, generator=generator, dtype=dtype)
+                eps = torch.randn(shape, generator=generator, dtype=dtype)
+                where = f"schedule {schedule_name!r}, x0 {tuple(shape)} {dtype}, {label}"
+                expected = schedule.v_from(x0, eps, t)
+                got = call(name, fn, x0.clone(), eps.clone(), t.clone(),
+                           schedule.alphas_cumprod.clone())  # fmt: skip
+                abar = _per_example(schedule.alphas_cumprod[t].to(dtype), x0.ndim)
+                mistakes = [
+                    (abar.sqrt() * x0 - (1 - abar).sqrt() * eps, "x_0 and eps swapped"),
+                    ((1 - abar).sqrt() * x0 - abar.sqrt() * eps, "the sign: this is -v"),
+                    (abar.sqrt() * eps + (1 - abar).sqrt() * x0, "sign: subtract the x_0 term"),
+                    (abar * eps - (1 - abar) * x0, "square roots missing on abar_t and 1 - abar_t"),
+                ]
+                hint = "v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, per example"
+                compare(name, got, expected, where, mistakes=mistakes, rtol=1e-4, atol=1e-5,
+                        hint=hint)  # fmt: skip
+                count += 1
+    passed(name, f"{count} cases: v at t = 0, T-1 and mixed, three schedules")
+
+
 def check_ddpm_step(fn: Callable) -> None:
     """Exercise (04): ``fn(schedule, x_t, t, eps_hat, noise)`` for an int t -> x_{t-1} =
     mu_theta + sigma_t z with sigma_t^2 = beta~_t (0 at t = 0); then a whole chain against
