@@ -107,12 +107,11 @@ def check_q_sample(fn: Callable) -> None:
     passed(name, f"{count} cases: 4 schedules, 4 shapes/dtypes, t = 0, T-1 and mixed")
 
 
-def check_x0_from_eps(fn: Callable) -> None:
-    """Exercise (03): ``fn(x_t, t, eps, alphas_cumprod)`` -> x0 = (x_t - sqrt(1 - abar_t) eps)
-    / sqrt(abar_t): q_sample solved for x0 (the prediction every sampler uses)."""
-    name = "x0_from_eps"
-    generator = torch.Generator().manual_seed(302)
-    count = 0
+def _pairs(seed: int):
+    """Inputs for the checkers of one-step formulas: three schedules x two shapes and dtypes x
+    the timestep sets, with x0 and eps drawn from one seeded generator. Yields (schedule name,
+    schedule, t, label, x0, eps)."""
+    generator = torch.Generator().manual_seed(seed)
     for schedule_name in ("linear", "cosine", "linear, T = 10"):
         schedule = _schedules()[schedule_name]
         last = schedule.num_timesteps - 1
@@ -120,36 +119,43 @@ def check_x0_from_eps(fn: Callable) -> None:
             for label, t in _timestep_sets(shape[0], last, generator).items():
                 x0 = torch.randn(shape, generator=generator, dtype=dtype)
                 eps = torch.randn(shape, generator=generator, dtype=dtype)
-                x_t = schedule.q_sample(x0, t, eps)
-                where = f"schedule {schedule_name!r}, x_t {tuple(shape)} {dtype}, {label}"
-                expected = schedule.x0_from_eps(x_t, t, eps)
-                got = call(
-                    name, fn, x_t.clone(), t.clone(), eps.clone(), schedule.alphas_cumprod.clone()
-                )
-                abar = _per_example(schedule.alphas_cumprod[t].to(dtype), x_t.ndim)
-                mistakes = [
-                    (
-                        (x_t - (1 - abar) * eps) / abar,
-                        "square roots missing: divide by "
-                        "sqrt(abar_t) and subtract sqrt(1 - abar_t) eps",
-                    ),
-                    ((x_t + (1 - abar).sqrt() * eps) / abar.sqrt(), "sign: subtract the noise"),
-                    (
-                        x_t * abar.sqrt() - (1 - abar).sqrt() * eps,
-                        "divide by sqrt(abar_t), do not multiply",
-                    ),
-                ]
-                compare(
-                    name,
-                    got,
-                    expected,
-                    where,
-                    mistakes=mistakes,
-                    rtol=1e-4,
-                    atol=1e-4,
-                    hint="x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), per example",
-                )
-                count += 1
+                yield schedule_name, schedule, t, label, x0, eps
+
+
+def check_x0_from_eps(fn: Callable) -> None:
+    """Exercise (03): ``fn(x_t, t, eps, alphas_cumprod)`` -> x0 = (x_t - sqrt(1 - abar_t) eps)
+    / sqrt(abar_t): q_sample solved for x0 (the prediction every sampler uses)."""
+    name = "x0_from_eps"
+    count = 0
+    for schedule_name, schedule, t, label, x0, eps in _pairs(302):
+        shape, dtype = tuple(x0.shape), x0.dtype
+        x_t = schedule.q_sample(x0, t, eps)
+        where = f"schedule {schedule_name!r}, x_t {tuple(shape)} {dtype}, {label}"
+        expected = schedule.x0_from_eps(x_t, t, eps)
+        got = call(name, fn, x_t.clone(), t.clone(), eps.clone(), schedule.alphas_cumprod.clone())
+        abar = _per_example(schedule.alphas_cumprod[t].to(dtype), x_t.ndim)
+        mistakes = [
+            (
+                (x_t - (1 - abar) * eps) / abar,
+                "square roots missing: divide by sqrt(abar_t) and subtract sqrt(1 - abar_t) eps",
+            ),
+            ((x_t + (1 - abar).sqrt() * eps) / abar.sqrt(), "sign: subtract the noise"),
+            (
+                x_t * abar.sqrt() - (1 - abar).sqrt() * eps,
+                "divide by sqrt(abar_t), do not multiply",
+            ),
+        ]
+        compare(
+            name,
+            got,
+            expected,
+            where,
+            mistakes=mistakes,
+            rtol=1e-4,
+            atol=1e-4,
+            hint="x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), per example",
+        )
+        count += 1
     passed(name, f"{count} cases: it inverts q_sample at t = 0, T-1 and mixed")
 
 
@@ -157,30 +163,24 @@ def check_v_target(fn: Callable) -> None:
     """Exercise (04): ``fn(x0, eps, t, alphas_cumprod)`` -> v = sqrt(abar_t) eps -
     sqrt(1 - abar_t) x_0, the velocity a v-predicting network is trained to output."""
     name = "v_target"
-    generator = torch.Generator().manual_seed(404)
     count = 0
-    for schedule_name in ("linear", "cosine", "linear, T = 10"):
-        schedule = _schedules()[schedule_name]
-        last = schedule.num_timesteps - 1
-        for shape, dtype in (((6, 2), torch.float32), ((4, 3, 8, 8), torch.float64)):
-            for label, t in _timestep_sets(shape[0], last, generator).items():
-                x0 = torch.randn(shape, generator=generator, dtype=dtype)
-                eps = torch.randn(shape, generator=generator, dtype=dtype)
-                where = f"schedule {schedule_name!r}, x0 {tuple(shape)} {dtype}, {label}"
-                expected = schedule.v_from(x0, eps, t)
-                got = call(name, fn, x0.clone(), eps.clone(), t.clone(),
-                           schedule.alphas_cumprod.clone())  # fmt: skip
-                abar = _per_example(schedule.alphas_cumprod[t].to(dtype), x0.ndim)
-                mistakes = [
-                    (abar.sqrt() * x0 - (1 - abar).sqrt() * eps, "x_0 and eps swapped"),
-                    ((1 - abar).sqrt() * x0 - abar.sqrt() * eps, "the sign: this is -v"),
-                    (abar.sqrt() * eps + (1 - abar).sqrt() * x0, "sign: subtract the x_0 term"),
-                    (abar * eps - (1 - abar) * x0, "square roots missing on abar_t and 1 - abar_t"),
-                ]
-                hint = "v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, per example"
-                compare(name, got, expected, where, mistakes=mistakes, rtol=1e-4, atol=1e-5,
-                        hint=hint)  # fmt: skip
-                count += 1
+    for schedule_name, schedule, t, label, x0, eps in _pairs(404):
+        shape, dtype = tuple(x0.shape), x0.dtype
+        where = f"schedule {schedule_name!r}, x0 {tuple(shape)} {dtype}, {label}"
+        expected = schedule.v_from(x0, eps, t)
+        got = call(name, fn, x0.clone(), eps.clone(), t.clone(),
+                   schedule.alphas_cumprod.clone())  # fmt: skip
+        abar = _per_example(schedule.alphas_cumprod[t].to(dtype), x0.ndim)
+        mistakes = [
+            (abar.sqrt() * x0 - (1 - abar).sqrt() * eps, "x_0 and eps swapped"),
+            ((1 - abar).sqrt() * x0 - abar.sqrt() * eps, "the sign: this is -v"),
+            (abar.sqrt() * eps + (1 - abar).sqrt() * x0, "sign: subtract the x_0 term"),
+            (abar * eps - (1 - abar) * x0, "square roots missing on abar_t and 1 - abar_t"),
+        ]
+        hint = "v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, per example"
+        compare(name, got, expected, where, mistakes=mistakes, rtol=1e-4, atol=1e-5,
+                hint=hint)  # fmt: skip
+        count += 1
     passed(name, f"{count} cases: v at t = 0, T-1 and mixed, three schedules")
 
 
