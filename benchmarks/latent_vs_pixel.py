@@ -44,7 +44,6 @@ from ldm_mini.diffusion import NoiseSchedule
 from ldm_mini.evaluation import evaluate_ldm
 from ldm_mini.f_sweep import SweepConfig, ldm_config
 from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor
-from ldm_mini.metrics import frechet_distance
 from ldm_mini.pipelines import load_autoencoder
 from ldm_mini.stages.ldm import (
     encode_dataset,
@@ -79,22 +78,6 @@ def saved_activation_bytes(step) -> int:
     return total
 
 
-@torch.no_grad()
-def reconstruction_frechet_distance(autoencoder, train, test, n: int) -> float:
-    """FD of the autoencoder's reconstructions of the first n training images against the first
-    n test images: the floor of any latent model's FD measured this way."""
-    real = torch.stack([test[i]["image"] for i in range(n)])
-    images = torch.stack([train[i]["image"] for i in range(n)])
-    device = next(autoencoder.parameters()).device
-    reconstructions = [
-        autoencoder.decode_latent(autoencoder.encode_latent(images[i : i + 250].to(device)))
-        .clamp(-1, 1)
-        .cpu()
-        for i in range(0, n, 250)
-    ]
-    return frechet_distance(real, torch.cat(reconstructions))["fd"]
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="cpu", help="U-Net preset for both (default: cpu)")
@@ -122,7 +105,6 @@ def main(argv: list[str] | None = None) -> dict:
     train = TensorImageDataset(
         load_dataset("fashion_mnist", split="train").select(range(args.train_images)), 32
     )
-    test = TensorImageDataset(load_dataset("fashion_mnist", split="test"), 32)
     images, _ = encode_dataset(IdentityFirstStage(1), train)
     latents, _ = encode_dataset(autoencoder, train, device=str(device))
     scale = estimate_scale_factor(IdentityFirstStage(latents.shape[1]), [latents])
@@ -217,7 +199,9 @@ def main(argv: list[str] | None = None) -> dict:
             results[space]["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     reconstruction_fd = None
     if args.budget > 0:
-        reconstruction_fd = reconstruction_frechet_distance(autoencoder, train, test, args.n)
+        from speedrun import Scorer  # the speedrun's reference, measured the same way
+
+        reconstruction_fd = Scorer(autoencoder, args.device).reconstruction_fd(args.n)
         results["latent"]["reconstruction_fd"] = reconstruction_fd
         ratio = results["latent"]["fd"] / reconstruction_fd
         results["latent"]["fd_ratio_to_reconstruction"] = ratio
@@ -238,8 +222,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"{row['activation_mb_per_step']:8.1f} {sample:>9s} "
               f"{row['budget_steps']:15d} {fd:>8s} {accuracy:>10s}")  # fmt: skip
     if reconstruction_fd is not None:
-        print(f"the autoencoder's reconstructions: FD {reconstruction_fd:.1f}; the latent model's "
-              f"FD is {results['latent']['fd_ratio_to_reconstruction']:.2f}x that")
+        print(
+            f"the autoencoder's reconstructions: FD {reconstruction_fd:.1f}; the latent model's "
+            f"FD is {results['latent']['fd_ratio_to_reconstruction']:.2f}x that"
+        )
     sampled = results["latent"]["fd"] is not None
     summary = {
         "throughput_ratio": throughput["latent"] / throughput["pixel"],

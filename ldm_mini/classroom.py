@@ -164,18 +164,8 @@ def make_student_notebook(notebook: dict[str, Any], where: str = "notebook") -> 
         cell.setdefault("metadata", {})["ldm_mini_exercise"] = name
     student["metadata"]["ldm_mini_student"] = True
     # the checks the grader expects: a removed or replaced check cell then scores 0
-    student["metadata"]["ldm_mini_checks"] = expected_checks(notebook)
+    student["metadata"]["ldm_mini_checks"] = exercise_names(notebook)
     return student
-
-
-def expected_checks(notebook: dict[str, Any]) -> list[str]:
-    """The names of the checks a notebook calls (``checks.check_NAME``), in order."""
-    return [
-        name
-        for cell in notebook["cells"]
-        if cell.get("cell_type") == "code"
-        for name in CHECK_CALL.findall(_source(cell))
-    ]
 
 
 def write_notebook(notebook: dict[str, Any], path: Path) -> None:
@@ -354,7 +344,7 @@ def grade(
             solution = Path(solutions) / notebook.name
             if not solution.is_file():
                 raise ClassroomError(f"no solution notebook {solution} for {notebook.name}")
-            expected = expected_checks(read_notebook(solution))
+            expected = exercise_names(read_notebook(solution))
         grades.append(grade_notebook(notebook, timeout=timeout, quick=quick,
                                      only_exercises=only_exercises, expected=expected))  # fmt: skip
     total = sum(len(g.exercises) for g in grades)

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from ldm_mini import viz
-from ldm_mini.checkpoints import resolve_checkpoint_dir
 from ldm_mini.classifier import FASHION_CLASSES
 
 SHIPPED_AUTOENCODER = "fashion_mnist_kl_f4"
@@ -59,7 +58,7 @@ def run_demo(
 
     # 1. the first stage: x -> z = E(x) -> D(z)
     print("[1/4] autoencoder: reconstructions and their quality", flush=True)
-    autoencoder_path = resolve_checkpoint_dir(f"shipped:{SHIPPED_AUTOENCODER}")
+    autoencoder_path = f"shipped:{SHIPPED_AUTOENCODER}"
     autoencoder, _ = load_autoencoder(autoencoder_path)
     test = TensorImageDataset(load_dataset("fashion_mnist", split="test"), image_size=32)
     x = torch.stack([test[i]["image"] for i in range(16)])

@@ -66,3 +66,9 @@ def test_ship_refuses_a_damaged_run(tmp_path: Path, capsys):
     assert _ship(run, tmp_path / "out") == 2
     assert "corrupted or truncated" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    # --force replaces a destination only once the run has exported and measured
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "README.md").write_text("the shipped card")
+    assert _ship(run, kept, "--force") == 2
+    assert (kept / "README.md").read_text() == "the shipped card"

@@ -147,27 +147,22 @@ def sample_grid(folder: Path, device: str) -> None:
 
 def ship(args: argparse.Namespace) -> Path:
     destination = Path(args.destination)
-    if destination.exists():
-        if not args.force:
-            raise ValueError(f"{destination} exists; pass --force to replace it")
-        shutil.rmtree(destination)
-    run_config = read_checkpoint_config(args.run)
-    stage = run_config["stage"]
+    if destination.exists() and not args.force:
+        raise ValueError(f"{destination} exists; pass --force to replace it")
+    stage = read_checkpoint_config(args.run)["stage"]
     extra = {"command": args.command, "machine": args.machine}
     with tempfile.TemporaryDirectory() as scratch:
         staged = export(args.run, Path(scratch) / "checkpoint", extra)
         measured = measure(staged, stage, args.n, args.guidance, args.device)
+    if destination.exists():  # --force, and the run exported and measured: replace it now
+        shutil.rmtree(destination)
     export(args.run, destination, {**extra, **measured})
-    shipped = read_checkpoint_config(destination)
-    what = {"autoencoder": "autoencoder", "ldm": "ldm", "sr": "sr"}[stage]
-    measure_command = f"ldm-mini evaluate {what} --checkpoint <this folder> --json"
+    count = "--limit" if stage == "autoencoder" else "--n"  # the evaluate commands' names for n
+    measure_command = f"ldm-mini evaluate {stage} --checkpoint <this folder> --json"
+    measure_command += f" {count} {args.n}"
     if stage == "ldm":
-        measure_command += f" --n {args.n}"
         sample_grid(destination, args.device)
-    elif stage == "autoencoder":
-        measure_command += f" --limit {args.n}"
-    else:
-        measure_command += f" --n {args.n}"
+    shipped = read_checkpoint_config(destination)
     text = card(args.title, shipped, measured, args.command, args.machine, measure_command)
     (destination / "README.md").write_text(text, encoding="utf-8")
     return destination

@@ -158,7 +158,7 @@ def warm_start(unet: UNet, init: DiffusionInitConfig, first_stage: nn.Module, st
     something else. The stage checks what else must match (objective, text encoder) on the
     returned :class:`WarmStart`.
     """
-    from ldm_mini.pipelines.load import first_stage_of, module_names, with_prefix
+    from ldm_mini.pipelines.load import first_stage_of, trained_weights, with_prefix
 
     source = load_checkpoint(init.checkpoint, expected_stage=stage)
     theirs = UNetConfig.from_dict(source.config["model"]).to_dict()
@@ -177,19 +177,15 @@ def warm_start(unet: UNet, init: DiffusionInitConfig, first_stage: nn.Module, st
             "latents: start from random weights instead"
         )
     only_ema = source.config.get("shipped_weights") == "ema"  # a shipped model: EMA as weights
-    if init.weights == "ema" and source.ema_state is not None:
-        weights = {k: v for k, v in source.ema_state.items() if not k.startswith("__")}
-    elif init.weights == "ema" and not only_ema:
+    if init.weights == "ema" and source.ema_state is None and not only_ema:
         raise ValueError(
             f"init.checkpoint {init.checkpoint} has no EMA weights; set init.weights=raw"
         )
-    elif init.weights == "raw" and only_ema:
+    if init.weights == "raw" and only_ema:
         raise ValueError(
             f"init.checkpoint {init.checkpoint} ships only its EMA weights; set init.weights=ema"
         )
-    else:
-        weights = {k: v for k, v in source.model_state.items() if not k.startswith("first_stage.")}
-    weights = module_names(weights)
+    weights = trained_weights(source, use_ema=init.weights == "ema")
     unet.load_state_dict(with_prefix(weights, "unet."))
     log.info("U-Net initialised from %s (%s weights, step %d)",
              init.checkpoint, init.weights, source.step)  # fmt: skip
