@@ -41,6 +41,7 @@ __all__ = [
     "RECORDER_KINDS",
     "Attention",
     "AttentionRecorder",
+    "attention_mass",
     "FeedForward",
     "SpatialTransformer",
     "TransformerBlock",
@@ -340,6 +341,34 @@ def token_attention_maps(
     if total is None:
         raise ValueError("no attention records selected: run the model inside the recorder")
     return total / count
+
+
+def attention_mass(token_maps: Tensor, regions: Tensor) -> Tensor:
+    """The fraction of each token's attention mass inside each region: (B, M, K).
+
+    ``token_maps``: (B, M, H, W) non-negative maps from :func:`token_attention_maps`;
+    ``regions``: (B, K, H, W) masks (bool or 0/1) at the same size, e.g. the ground-truth
+    object masks of ``shapes`` and the background. A map spread evenly over the image gives
+    each region its area fraction; the ratio of the two says whether a token prefers a region.
+    Tokens whose map is all zero (padding) get zeros.
+    """
+    if token_maps.ndim != 4 or regions.ndim != 4:
+        raise ValueError(
+            f"token_maps must be (B, M, H, W) and regions (B, K, H, W), got "
+            f"{tuple(token_maps.shape)} and {tuple(regions.shape)}"
+        )
+    if token_maps.shape[0] != regions.shape[0] or token_maps.shape[2:] != regions.shape[2:]:
+        raise ValueError(
+            f"token_maps {tuple(token_maps.shape)} and regions {tuple(regions.shape)} need the "
+            "same batch and the same H, W (upsample the maps with token_attention_maps(size=...))"
+        )
+    if float(token_maps.min()) < 0:
+        raise ValueError("attention maps are probabilities: they cannot be negative")
+    maps = token_maps.float()
+    # mass of token m in region k: sum over the pixels of A_m(p) * R_k(p), over the total of A_m
+    inside = torch.einsum("bmhw,bkhw->bmk", maps, regions.float())
+    total = maps.sum(dim=(2, 3))[..., None]
+    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(inside))
 
 
 # --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import copy
 import json
 import os
 import re
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -260,6 +261,17 @@ def exercises_only(notebook: dict[str, Any]) -> dict[str, Any]:
 MISSING_CHECK = "check missing: no cell calls checks.check_{name} (it was removed or replaced)"
 
 
+def _kernel_manager(sockets: Path):
+    """A python3 kernel that talks over local IPC sockets in ``sockets`` (a private folder)
+    where the system has them, so no TCP port is opened and the kernel prints no warning
+    about unencrypted TCP; over TCP on Windows."""
+    from jupyter_client.manager import KernelManager
+
+    if os.name == "nt":
+        return KernelManager(kernel_name="python3")
+    return KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / "kernel"))
+
+
 def grade_notebook(
     path: Path,
     timeout: int = 900,
@@ -295,17 +307,18 @@ def grade_notebook(
         environment["LDM_MINI_QUICK"] = "1"
     else:
         environment.pop("LDM_MINI_QUICK", None)
-    try:
-        client = NotebookClient(
-            notebook,
-            timeout=timeout,
-            allow_errors=True,
-            kernel_name="python3",
-            resources={"metadata": {"path": str(path.parent)}},
-        )
-        client.execute(env=environment)  # the kernel's environment (quick mode or not)
-    except Exception as error:  # a dead kernel or a timeout: the rest cannot be scored
-        grade.error = f"{type(error).__name__}: {error}".split("\n")[0]
+    with tempfile.TemporaryDirectory(prefix="ldm-mini-kernel-") as sockets:
+        try:
+            client = NotebookClient(
+                notebook,
+                timeout=timeout,
+                allow_errors=True,
+                km=_kernel_manager(Path(sockets)),
+                resources={"metadata": {"path": str(path.parent)}},
+            )
+            client.execute(env=environment)  # the kernel's environment (quick mode or not)
+        except Exception as error:  # a dead kernel or a timeout: the rest cannot be scored
+            grade.error = f"{type(error).__name__}: {error}".split("\n")[0]
     for cell in notebook.cells:
         if cell.get("cell_type") != "code":
             continue

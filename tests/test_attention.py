@@ -272,6 +272,28 @@ def test_token_attention_maps_average_halve_guidance_and_upsample():
         token_attention_maps({"a": []}, 1, (2, 2))
 
 
+def test_attention_mass_splits_each_map_over_the_regions():
+    from ldm_mini.attention import attention_mass
+
+    maps = torch.zeros(1, 3, 4, 4)
+    maps[0, 0] = 1.0  # spread evenly: each region gets its area fraction
+    maps[0, 1, 0, 0] = 2.0  # all on the object's top-left pixel
+    # token 2: padding, an all-zero map
+    regions = torch.zeros(1, 2, 4, 4, dtype=torch.bool)
+    regions[0, 0, :2, :2] = True  # the object: 4 of 16 pixels
+    regions[0, 1] = ~regions[0, 0]  # the background
+    mass = attention_mass(maps, regions)
+    torch.testing.assert_close(mass[0, 0], torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(mass[0, 1], torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(mass[0, 2], torch.zeros(2))
+    with pytest.raises(ValueError, match="same batch and the same H, W"):
+        attention_mass(maps, regions[..., :2])
+    with pytest.raises(ValueError, match="cannot be negative"):
+        attention_mass(-maps, regions)
+    with pytest.raises(ValueError, match=r"\(B, M, H, W\)"):
+        attention_mass(maps[0], regions)
+
+
 def test_recorded_cross_attention_of_a_unet_gives_one_map_per_token():
     from ldm_mini.attention import token_attention_maps
     from ldm_mini.unet import UNet, unet_preset

@@ -177,6 +177,43 @@ def test_the_course_has_two_to_four_exercises_per_notebook_matching_the_checkers
         assert [c["metadata"]["ldm_mini_exercise"] for c in stubs] == expected
         assert all("raise NotImplementedError(" in classroom._source(c) for c in stubs)
         assert all(not c.get("outputs") for c in student["cells"] if c["cell_type"] == "code")
+        assert "widgets" not in student["metadata"], f"{name}: stored widget state"
+        assert not any("execution" in c["metadata"] for c in student["cells"]), (
+            f"{name}: timestamps"
+        )
+        assert leaked_answer_lines(solution, student) == [], f"{name}: an answer below an exercise"
+
+
+def solution_lines(notebook: dict) -> set[str]:
+    """The substantial code lines between the solution markers (no comments, no short lines)."""
+    lines: set[str] = set()
+    for cell in notebook["cells"]:
+        inside = False
+        for line in classroom._source(cell).splitlines():
+            stripped = line.strip()
+            if "### BEGIN SOLUTION" in stripped or "### END SOLUTION" in stripped:
+                inside = "BEGIN" in stripped
+            elif inside and len(stripped) >= 25 and not stripped.startswith("#"):
+                lines.add(stripped)
+    return lines
+
+
+def leaked_answer_lines(solution: dict, student: dict) -> list[str]:
+    """Solution lines that a student notebook still shows somewhere (verbatim)."""
+    answers = solution_lines(solution)
+    shown = {
+        line.strip() for cell in student["cells"] for line in classroom._source(cell).splitlines()
+    }
+    return sorted(answers & shown)
+
+
+def test_an_answer_left_in_a_student_notebook_is_found():
+    solution = _two_exercises()
+    student = classroom.make_student_notebook(solution)
+    assert leaked_answer_lines(solution, student) == []
+    answer = next(iter(solution_lines(solution)))
+    student["cells"].append(_cell("code", f"# two cells below the exercise\n{answer}\n"))
+    assert leaked_answer_lines(solution, student) == [answer]
 
 
 def test_every_stub_fails_its_check_and_the_solutions_get_full_marks(student_course):
@@ -194,13 +231,16 @@ def test_every_stub_fails_its_check_and_the_solutions_get_full_marks(student_cou
             assert f"(checks.check_{result['name']})" in result["feedback"], result
 
 
-def test_grading_runs_every_cell_past_failures_and_scores_each_exercise(tmp_path, capsys):
+def test_grading_runs_every_cell_past_failures_and_scores_each_exercise(tmp_path, capfd):
     folder = tmp_path / "returned"
     folder.mkdir()
     (folder / "alice.ipynb").write_text(json.dumps(_two_exercises(WRONG_KL)), encoding="utf-8")
     (folder / "bob.ipynb").write_text(json.dumps(_two_exercises()), encoding="utf-8")
     assert main(["classroom", "grade", str(folder), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capfd.readouterr()  # the kernels' own output too
+    assert "TCP" not in captured.err, captured.err  # local sockets: no unencrypted-TCP warning
+    assert sorted(p.name for p in folder.iterdir()) == ["alice.ipynb", "bob.ipynb"]  # nothing left
+    result = json.loads(captured.out)
     alice, bob = result["notebooks"]
     assert (alice["notebook"], alice["score"], alice["out_of"]) == ("alice.ipynb", 1, 2)
     assert (
@@ -211,7 +251,7 @@ def test_grading_runs_every_cell_past_failures_and_scores_each_exercise(tmp_path
     assert (bob["score"], bob["out_of"]) == (2, 2)
     assert (result["score"], result["out_of"]) == (3, 4)
     assert main(["classroom", "grade", str(folder / "alice.ipynb")]) == 0
-    report = capsys.readouterr().out
+    report = capfd.readouterr().out
     assert "alice.ipynb: 1/2" in report and "FAIL kl" in report and "total: 1/2" in report
 
 

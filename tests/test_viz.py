@@ -40,6 +40,17 @@ def test_show_images_captions_one_axis_per_image():
         viz.show_images(torch.zeros(5, 3, 8, 8), captions=["a", "b"])
 
 
+def test_show_images_nearest_draws_pixels_as_blocks():
+    images = torch.zeros(2, 3, 4, 4)
+    images[:, :, ::2, ::2] = 1.0  # a checkerboard that smoothing would blur into grey
+    sharp = viz.show_images(images, interpolation="nearest")
+    assert {axis.images[0].get_interpolation() for axis in sharp.axes if axis.images} == {"nearest"}
+    smooth = viz.show_images(images)
+    assert {axis.images[0].get_interpolation() for axis in smooth.axes if axis.images} == {
+        "antialiased"
+    }
+
+
 def test_overlay_mask_paints_only_the_masked_pixels():
     image = Image.new("RGB", (4, 4), (255, 255, 255))
     mask = Image.fromarray(np.array([[0, 1, 1, 0]] * 2 + [[0, 0, 2, 2]] * 2, np.uint8))
@@ -71,6 +82,16 @@ def test_show_token_attention_draws_one_panel_per_token():
     maps = torch.rand(6, 16, 16)
     fig = show_token_attention(image, maps, ["a", "red", "circle"], title="t")
     assert len(fig.axes) == 4 and fig.axes[2].get_title() == "red"
+    # the first panel keeps the colours; under each heat map the image is grey (2-D)
+    red = torch.zeros(3, 16, 16)
+    red[0] = 1.0
+    fig = show_token_attention(red, maps, ["a", "red", "circle"])
+    assert fig.axes[0].images[0].get_array().ndim == 3
+    backdrop = fig.axes[1].images[0].get_array()
+    assert (
+        backdrop.ndim == 2
+        and abs(float(backdrop.mean()) - (0.299 * 255 + 0.587 * 127.5 + 0.114 * 127.5)) < 1
+    )
     with pytest.raises(ValueError, match="image's size"):
         show_token_attention(image, torch.rand(6, 8, 8), ["a"])
     with pytest.raises(ValueError, match="7 tokens for 6 maps"):

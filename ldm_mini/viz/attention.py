@@ -31,7 +31,8 @@ def show_token_attention(
     ``image``: (C, H, W) in [-1, 1]; ``token_maps``: (M, H, W) from
     :func:`ldm_mini.attention.token_attention_maps` for this image (M >= len(tokens); maps
     past the tokens, i.e. padding, are not shown); ``tokens``: the words to title the panels.
-    Each map is scaled to its own [min, max] so its shape is visible.
+    Each map is scaled to its own [min, max] so its shape is visible. Under the heat maps the
+    image is shown in grey, so that a red object never reads as the heat map's red.
     """
     import matplotlib.pyplot as plt
 
@@ -50,9 +51,11 @@ def show_token_attention(
     shown = picture[..., 0] if grey else picture
     axes[0].imshow(shown, cmap="gray" if grey else None, vmin=0, vmax=255)
     axes[0].set_title("image", fontsize=8)
+    # luminance (ITU-R BT.601) of a colour image: the backdrop of every heat map
+    backdrop = shown if grey else picture.astype(np.float32) @ np.array([0.299, 0.587, 0.114])
     for axis, token, heat in zip(axes[1:], tokens, maps, strict=False):
         low, high = float(heat.min()), float(heat.max())
-        axis.imshow(shown, cmap="gray" if grey else None, vmin=0, vmax=255)
+        axis.imshow(backdrop, cmap="gray", vmin=0, vmax=255)
         axis.imshow((heat - low) / max(high - low, 1e-12), cmap="jet", alpha=alpha, vmin=0, vmax=1)
         axis.set_title(token, fontsize=8)
     for axis in axes:
