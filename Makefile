@@ -25,8 +25,9 @@ demo: $(STAMP)
 # The whole test suite: unit tests and every notebook (nbval, quick mode), on TEST_WORKERS
 # processes of one thread each (pytest-xdist; each file or notebook stays on one worker).
 TEST_WORKERS ?= 2
+NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=900
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(NBVAL)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ldm_mini tests
