@@ -168,6 +168,16 @@ def latent_shape(config: AutoencoderConfig, image_size: int) -> tuple[int, int, 
     return (config.latent_channels, side, side)
 
 
+def check_finite(x: Tensor, what: str) -> None:
+    """Raise ValueError if ``x`` holds NaN or inf (once, where inputs enter a model)."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"the {what} hold {bad} NaN or inf value(s) out of {x.numel()}; the model would "
+            "turn them into NaN everywhere. Check how they were loaded or computed."
+        )
+
+
 def _check_images(x: Tensor, config: AutoencoderConfig) -> None:
     """Raise ValueError unless x is (B, in_channels, H, W) with H and W multiples of f."""
     if not isinstance(x, Tensor) or x.dim() != 4:
@@ -184,6 +194,7 @@ def _check_images(x: Tensor, config: AutoencoderConfig) -> None:
             f"(TensorImageDataset(..., channels={config.in_channels})) or build the "
             f"autoencoder with in_channels={channels}."
         )
+    check_finite(x, "images")
     height, width = x.shape[-2:]
     if height % config.f or width % config.f:
         raise ValueError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -136,6 +137,20 @@ def _swap_into_place(tmp: Path, directory: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(directory)
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the ``.NAME.tmp-*`` folders that a save killed before its renames left beside
+    ``directory`` (the checkpoint they were writing never became the checkpoint, so nothing in
+    them is needed); returns the folders removed. Call it when a run starts, before anything
+    writes there."""
+    directory = Path(directory)
+    if not directory.parent.is_dir():
+        return []
+    stale = sorted(p for p in directory.parent.glob(f".{directory.name}.tmp-*") if p.is_dir())
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
 
 
 def recover_interrupted_save(directory: str | Path) -> bool:
@@ -268,6 +283,12 @@ def load_checkpoint(
             if with_trainer_state
             else None
         )
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{directory / TRAINER_NAME} holds more than tensors (code, or a damaged file), so it "
+            "was not loaded; start the run over with --no-resume, or delete that file and "
+            "resume from the weights with --init-from"
+        ) from err
     except (SafetensorError, RuntimeError, OSError, EOFError) as err:
         raise CheckpointError(f"Cannot read the checkpoint in {directory}: {err}") from err
     if config.get("weights_dtype") == "float16":  # stored in half (shipped): compute in float32

@@ -13,6 +13,8 @@ from pathlib import Path
 from ldm_mini import __version__
 from ldm_mini.configs import PRESETS
 
+DEVICE_HELP = "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps (default: auto)"
+
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
     from ldm_mini.data import list_datasets
@@ -89,7 +91,9 @@ def _add_engine_arguments(parser: argparse.ArgumentParser, set_example: str) -> 
     """The flags every training subcommand shares (read back by ``_engine_flags``)."""
     parser.add_argument("--steps", type=int, help="training steps")
     parser.add_argument("--batch-size", type=int, help="batch size")
-    parser.add_argument("--device", help="auto, cpu, cuda, mps")
+    parser.add_argument(
+        "--device", help="auto, cpu, cuda, cuda:N or mps (default: the preset's, auto)"
+    )
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int)
     parser.add_argument(
@@ -139,6 +143,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         eval_samples=args.eval_n,
         seed=args.seed,
         progress=not args.quiet,
+        device=args.device,
     )
     return 0
 
@@ -184,6 +189,11 @@ def _read_image(path: str):
             picture = image.convert("RGB")
     except FileNotFoundError as err:
         raise ValueError(f"no such image: {path}") from err
+    except Image.DecompressionBombError as err:
+        raise ValueError(
+            f"{path} is larger than the {Image.MAX_IMAGE_PIXELS:,} pixels PIL opens safely; "
+            "downscale it first (super-resolution of such an image would not fit in memory)"
+        ) from err
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read {path} as an image ({err}); give a PNG or JPEG") from err
     return pil_to_tensor(picture)[None]
@@ -472,6 +482,7 @@ def _add_demo(sub) -> None:
     demo.add_argument("--n", type=int, default=100, help="samples in the grid (default: 100)")
     demo.add_argument("--eval-n", type=int, default=500, help="samples for FD (default: 500)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto", help=DEVICE_HELP)
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
 
@@ -592,7 +603,7 @@ def _add_superres(sub) -> None:
         "ldm_mini.pipelines.REFINE_T, chosen on the training photos; the sampler "
         "needs a step at or below it: 17 or more --steps for 60)",
     )
-    superres.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    superres.add_argument("--device", default="auto", help=DEVICE_HELP)
     superres.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
     superres.set_defaults(func=_cmd_superres)
 
@@ -619,7 +630,7 @@ def _add_sample(sub) -> None:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--image-size", type=int, help="default: the training size")
     sample.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA weights")
-    sample.add_argument("--device", default="cpu")
+    sample.add_argument("--device", default="auto", help=DEVICE_HELP)
     sample.add_argument("--out", required=True, help="grid image to write (.png)")
     sample.add_argument("--trajectory", help="also write the denoising animation (.gif)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -644,7 +655,7 @@ def _add_evaluate_autoencoder(evaluate_sub) -> None:
     ev_ae.add_argument("--perceptual", help="perceptual backbone (default: the checkpoint's)")
     ev_ae.add_argument("--features", default="auto", help="FD feature extractor (default: auto)")
     ev_ae.add_argument("--no-fd", action="store_true", help="skip the Frechet distance")
-    ev_ae.add_argument("--device", default="cpu")
+    ev_ae.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev_ae.add_argument("--json", action="store_true", help="print one JSON object")
     ev_ae.set_defaults(func=_cmd_evaluate)
 
@@ -666,7 +677,7 @@ def _add_evaluate_ldm(evaluate_sub) -> None:
     ev_ldm.add_argument("--seed", type=int, default=0)
     ev_ldm.add_argument("--features", default="auto", help="FD feature extractor (default: auto)")
     ev_ldm.add_argument("--no-kid", action="store_true", help="skip KID")
-    ev_ldm.add_argument("--device", default="cpu")
+    ev_ldm.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev_ldm.add_argument("--json", action="store_true", help="print one JSON object")
     ev_ldm.set_defaults(func=_cmd_evaluate_ldm)
 
@@ -724,7 +735,7 @@ def _add_evaluate_sr(evaluate_sub) -> None:
         "ldm_mini.pipelines.REFINE_T, chosen on the training photos; the sampler "
         "needs a step at or below it: 17 or more --steps for 60)",
     )
-    ev_sr.add_argument("--device", default="cpu")
+    ev_sr.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev_sr.add_argument("--json", action="store_true", help="print one JSON object")
     ev_sr.set_defaults(func=_cmd_evaluate_sr)
 
@@ -787,6 +798,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The checks every command shares, before any work: the device is there (``auto`` picks
+    one and says which), ``--out`` is what the command writes, counts are positive."""
+    from ldm_mini.environment import pick_device
+
+    device = getattr(args, "device", None)
+    if device is not None:
+        resolved = pick_device(device)
+        if args.command.startswith("train-"):
+            pass  # the engine resolves "auto" itself and records the device in the run
+        else:
+            if device == "auto" and args.command != "demo":  # the demo says it in its log
+                print(f"device: {resolved}", file=sys.stderr)
+            args.device = resolved
+    out = getattr(args, "out", None)
+    if out is not None and args.command.startswith("train-") and Path(out).is_file():
+        raise ValueError(
+            f"--out {out} is a file; give a folder for the run (a new one, or a run to resume)"
+        )
+    if out is not None and args.command in ("sample", "superres") and Path(out).is_dir():
+        raise ValueError(
+            f"--out {out} is a folder; give an image file name, e.g. {Path(out) / 'out.png'}"
+        )
+    for name in ("n", "eval_n"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be a positive number of samples, got {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ldm-mini``; returns the exit status."""
     parser = build_parser()
@@ -795,6 +836,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        _check_arguments(args)
         return args.func(args)
     except (ValueError, RuntimeError, OSError, ImportError) as err:
         # the package's own errors (bad data, damaged checkpoints, diverged training) and bad

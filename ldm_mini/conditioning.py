@@ -99,6 +99,14 @@ class ClassEmbedder(nn.Module):
         return tokens, torch.ones(labels.shape[0], 1, dtype=torch.bool, device=labels.device)
 
 
+def _short(caption: str, words: int = 8) -> str:
+    """A caption for a message: itself if short, else its first words and how many follow."""
+    parts = caption.split()
+    if len(parts) <= words and len(caption) <= 80:
+        return repr(caption)
+    return repr(" ".join(parts[:words])[:80] + f" ... (+{len(parts) - words} words)")
+
+
 class WordTokenizer:
     """A word-level vocabulary built from captions; captions -> token ids and a padding mask.
 
@@ -168,18 +176,19 @@ class WordTokenizer:
             missing = sorted({w for w in words if w not in self.index})
             if missing and unknown == "error":
                 raise ValueError(
-                    f"caption {caption!r} has words outside the vocabulary: {missing}. This text "
+                    f"caption {_short(caption)} has words outside the vocabulary: {missing[:10]}"
+                    f"{' ...' if len(missing) > 10 else ''}. This text "
                     f"encoder knows {len(self) - len(SPECIAL_TOKENS)} words (see "
                     "tokenizer.vocabulary); rephrase, or pass unknown='unk' to map them to <unk>."
                 )
             if len(words) > self.max_length - 1:
                 if not truncate:
                     raise ValueError(
-                        f"caption {caption!r} has {len(words)} words; the limit is "
+                        f"caption {_short(caption)} has {len(words)} words; the limit is "
                         f"{self.max_length - 1} (max_length {self.max_length} with <start>)"
                     )
                 warnings.warn(
-                    f"caption {caption!r} has {len(words)} words; keeping the first "
+                    f"caption {_short(caption)} has {len(words)} words; keeping the first "
                     f"{self.max_length - 1} (max_length {self.max_length} with <start>)",
                     stacklevel=2,
                 )

@@ -33,10 +33,13 @@ def run_demo(
     eval_samples: int = 500,
     seed: int = 0,
     progress: bool = True,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Run the demo into ``out``; returns the metrics (also written to metrics.json)."""
+    """Run the demo into ``out`` on ``device`` ("auto": CUDA, then MPS, then the CPU);
+    returns the metrics (also written to metrics.json)."""
     from ldm_mini.configs import apply_overrides
     from ldm_mini.data import TensorImageDataset, load_dataset
+    from ldm_mini.environment import pick_device
     from ldm_mini.evaluation import evaluate_autoencoder
     from ldm_mini.metrics import frechet_distance
     from ldm_mini.pipelines import generate, load_autoencoder, load_ldm
@@ -50,23 +53,25 @@ def run_demo(
         raise ValueError(
             f"--n must be a positive multiple of 10 (one row per class), got {num_samples}"
         )
+    device = pick_device(device)
+    print(f"device: {device}", flush=True)
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {"seed": seed}
+    metrics: dict[str, Any] = {"seed": seed, "device": device}
     sections: list[tuple[str, str, str]] = []
 
     # 1. the first stage: x -> z = E(x) -> D(z)
     print("[1/4] autoencoder: reconstructions and their quality", flush=True)
     autoencoder_path = f"shipped:{SHIPPED_AUTOENCODER}"
-    autoencoder, _ = load_autoencoder(autoencoder_path)
+    autoencoder, _ = load_autoencoder(autoencoder_path, device)
     test = TensorImageDataset(load_dataset("fashion_mnist", split="test"), image_size=32)
     x = torch.stack([test[i]["image"] for i in range(16)])
     with torch.no_grad():
-        z = autoencoder.encode_latent(x)
-        reconstruction = autoencoder.decode_latent(z).clamp(-1, 1)
+        z = autoencoder.encode_latent(x.to(device))
+        reconstruction = autoencoder.decode_latent(z).clamp(-1, 1).cpu()
     viz.save_image_grid(torch.cat([x, reconstruction]), out / "reconstructions.png", 16, 3)
-    recon = evaluate_autoencoder(autoencoder_path, limit=500, with_fd=False)
+    recon = evaluate_autoencoder(autoencoder_path, limit=500, with_fd=False, device=device)
     metrics["autoencoder"] = {
         k: recon[k] for k in ("psnr", "ssim", "perceptual", "perceptual_backbone", "latent_shape")
     } | {"n": recon["n"]}
@@ -86,18 +91,20 @@ def run_demo(
     config = apply_overrides(
         load_ldm_preset("cpu"),
         [f"train.max_minutes={train_minutes}", "data.limit=10000", "train.log_every=10",
-         "train.sample_every=1000000", "train.checkpoint_every=1000000", f"train.seed={seed}"],
+         "train.sample_every=1000000", "train.checkpoint_every=1000000", f"train.seed={seed}",
+         f"train.device={json.dumps(device)}"],
     )  # fmt: skip
     fresh = out / "fresh_ldm"
     train_start = time.perf_counter()
     train_ldm(config, fresh, resume=False, progress=progress)
     log = [json.loads(line) for line in (fresh / "log.jsonl").read_text().splitlines()]
-    fresh_ldm, _ = load_ldm(fresh)
+    fresh_ldm, _ = load_ldm(fresh, device)
     fresh_labels = torch.arange(num_samples) % 10
     fresh_images, _, _ = generate(
         fresh_ldm, num_samples, 32, steps=50, seed=seed, labels=fresh_labels,
         guidance=fresh_guidance,
     )  # fmt: skip
+    fresh_images = fresh_images.cpu()
     fresh_score = class_accuracy(load_classifier(), fresh_images, fresh_labels)
     metrics["fresh_ldm"] = {
         "steps": log[-1]["step"],
@@ -143,10 +150,11 @@ def run_demo(
 
     # 3. the shipped LDM: samples per class and the denoising animation
     print("[3/4] the shipped LDM: samples per class and a denoising animation", flush=True)
-    ldm, ldm_config = load_ldm(f"shipped:{SHIPPED_LDM}")
+    ldm, ldm_config = load_ldm(f"shipped:{SHIPPED_LDM}", device)
     labels = torch.arange(num_samples) % 10
     sample_start = time.perf_counter()
     images, _, _ = generate(ldm, num_samples, 32, steps=50, seed=seed, labels=labels)
+    images = images.cpu()
     metrics["seconds_per_sample"] = (time.perf_counter() - sample_start) / num_samples
     by_class = images[torch.argsort(labels, stable=True)]
     viz.save_image_grid(by_class, out / "samples.png", num_samples // 10, 3)
@@ -162,7 +170,7 @@ def run_demo(
     _, _, trajectory = generate(
         ldm, 16, 32, steps=25, seed=seed, labels=trajectory_labels, return_trajectory=True
     )
-    frames = [ldm.decode(latent).clamp(-1, 1) for latent in trajectory.trajectory]
+    frames = [ldm.decode(latent.to(device)).clamp(-1, 1).cpu() for latent in trajectory.trajectory]
     viz.save_trajectory_gif(frames, out / "denoising.gif", ncols=8, scale=3)
     sections.append(
         (
@@ -176,9 +184,10 @@ def run_demo(
     print(f"[4/4] FD of {eval_samples} samples against {eval_samples} test images", flush=True)
     real = torch.stack([test[i]["image"] for i in range(eval_samples)])
     fake, _, _ = generate(ldm, eval_samples, 32, steps=50, seed=seed + 1)
-    fd = frechet_distance(real, fake)
+    fd = frechet_distance(real, fake.cpu())
     with torch.no_grad():
-        reconstructed = autoencoder.decode_latent(autoencoder.encode_latent(real)).clamp(-1, 1)
+        latents = autoencoder.encode_latent(real.to(device))
+        reconstructed = autoencoder.decode_latent(latents).clamp(-1, 1).cpu()
     fd_recon = frechet_distance(real, reconstructed, fd["feature_extractor"])
     metrics["ldm"] = {
         "checkpoint": SHIPPED_LDM,

@@ -29,15 +29,39 @@ def quick_mode() -> bool:
     return os.environ.get(QUICK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+class DeviceUnavailable(ValueError, RuntimeError):
+    """A device that was asked for by name and is not there (or is not a device name)."""
+
+
 def pick_device(preferred: str | None = None) -> str:
-    """``"cuda"`` if available, else ``"mps"``, else ``"cpu"`` (or ``preferred`` if usable)."""
+    """``"cuda"`` if available, else ``"mps"``, else ``"cpu"`` for None or ``"auto"``;
+    otherwise ``preferred`` itself (``cpu``, ``cuda``, ``cuda:N``, ``mps``) if this machine
+    has it, or :class:`DeviceUnavailable` saying what to use instead."""
     import torch
 
-    if preferred is not None:
-        if preferred.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU")
-        if preferred == "mps" and not torch.backends.mps.is_available():
-            raise RuntimeError("device 'mps' requested but this machine has no MPS backend")
+    if preferred is not None and preferred != "auto":
+        if preferred == "cuda" or preferred.startswith("cuda:"):
+            if not torch.cuda.is_available():
+                raise DeviceUnavailable(
+                    f"device {preferred!r} requested but torch sees no CUDA GPU here; "
+                    "use --device auto (or cpu)"
+                )
+            index = preferred.partition(":")[2]
+            if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+                raise DeviceUnavailable(
+                    f"device {preferred!r}: this machine has {torch.cuda.device_count()} CUDA "
+                    "GPU(s), numbered from 0"
+                )
+        elif preferred == "mps":
+            if not torch.backends.mps.is_available():
+                raise DeviceUnavailable(
+                    "device 'mps' requested but this machine has no MPS backend; "
+                    "use --device auto (or cpu)"
+                )
+        elif preferred != "cpu":
+            raise DeviceUnavailable(
+                f"unknown device {preferred!r}: use auto, cpu, cuda, cuda:N or mps"
+            )
         return preferred
     if torch.cuda.is_available():
         return "cuda"

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldm_mini.autoencoder import latent_parts_sha256
+from ldm_mini.autoencoder import check_finite, latent_parts_sha256
 from ldm_mini.conditioning import check_class_labels
 from ldm_mini.configs import Section
 from ldm_mini.diffusion import MIN_SNR_GAMMA, NoiseSchedule
@@ -476,11 +476,14 @@ class LatentDiffusion(nn.Module):
             if model is not self.unet:
                 raise ValueError("a concatenated input is implemented without labels or prompts.")
             kwargs["concat"] = self._checked_concat(concat, num_samples, (height, width)).to(device)
+            check_finite(kwargs["concat"], "concatenated input (the low-resolution images)")
         if denoiser is not None:
             if model is not self.unet:
                 raise ValueError("a denoiser wrapper is implemented without guidance (w = 1).")
             model = denoiser
         shape = (num_samples, self.latent_channels, height, width)
+        if noise is not None:
+            check_finite(noise, "starting latents (noise)")
         start = shape if noise is None else noise.to(device)
         common = dict(
             generator=generator,

@@ -32,6 +32,7 @@ from ldm_mini.checkpoints import (
     CheckpointError,
     load_checkpoint,
     recover_interrupted_save,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from ldm_mini.configs import config_from_dict
@@ -385,6 +386,9 @@ class Trainer:
             self.ema = ExponentialMovingAverage(ema_module, config.ema_decay)
         torch.manual_seed(config.seed)
         recover_interrupted_save(self.out / "checkpoint")
+        if self.rank == 0:  # a save killed before its renames left a temporary folder: unused
+            for name in ("checkpoint", "last-good"):
+                remove_stale_temporaries(self.out / name)
         if resume and (self.out / "checkpoint" / "config.json").is_file():
             self._resume()
 
@@ -564,7 +568,8 @@ class Trainer:
         bar = tqdm(
             total=config.steps if budget is None else budget,
             initial=self.step if budget is None else min(budget, round(self.seconds)),
-            desc=self.stage.name if budget is None else f"{self.stage.name}, seconds of budget",
+            desc=f"{self.stage.name} on {self.device}"
+            + ("" if budget is None else ", seconds of budget"),
             bar_format=None if budget is None else "{l_bar}{bar}| {n}/{total} s{postfix}",
             disable=not (self.progress and main_process),
         )

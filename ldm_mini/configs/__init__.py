@@ -67,6 +67,7 @@ def _is_tuple_type(hint: Any) -> bool:
         return True
     return any(_is_tuple_type(arg) for arg in typing.get_args(hint))
 
+
 PRESETS = ("tiny", "cpu", "colab-t4", "gpu")
 
 
@@ -96,6 +97,18 @@ def load_stage_preset(stage: str, name: str) -> dict[str, Any]:
     return config
 
 
+def _kind_of(value: object) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if is_number(value):
+        return "a number"
+    if isinstance(value, list):
+        return "a JSON list such as [1, 2]"
+    if isinstance(value, dict):
+        return 'a JSON object such as {"key": 1}'
+    return type(value).__name__
+
+
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``config`` with ``section.key=value`` overrides applied.
 
@@ -120,5 +133,12 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        current = result[section][field]
+        if isinstance(value, str) and current is not None and not isinstance(current, str):
+            # an unparsable value where the preset has a number, a flag or a list
+            raise ValueError(
+                f"--set {key}={raw}: {key} takes {_kind_of(current)} (the preset has "
+                f"{json.dumps(current)}), not {raw!r}"
+            )
         result[section][field] = value
     return result

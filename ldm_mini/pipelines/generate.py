@@ -48,6 +48,10 @@ def generate(
     (scaled latents after each step) only for the first batch and only when
     ``return_trajectory``.
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n is the number of images to generate: a positive int, got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if ldm.condition_encoder is not None and (prompts is None or len(prompts) != n):
         raise ValueError(f"this LDM is text-conditional: pass prompts, a list of {n} strings.")
     check_eta(eta)
