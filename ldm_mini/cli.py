@@ -806,9 +806,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     device = getattr(args, "device", None)
     if device is not None:
         resolved = pick_device(device)
-        if args.command.startswith("train-"):
-            pass  # the engine resolves "auto" itself and records the device in the run
-        else:
+        # training keeps "auto": the engine resolves it and records the device in the run
+        if not args.command.startswith("train-"):
             if device == "auto" and args.command != "demo":  # the demo says it in its log
                 print(f"device: {resolved}", file=sys.stderr)
             args.device = resolved

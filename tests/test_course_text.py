@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from shrink_notebook import WIDGET_VIEW  # tools/, on the path through conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -53,7 +54,6 @@ def test_readme_and_cards_speak_of_the_course(document: Path):
 # -- what the committed notebooks store: small, readable on the web ---------------------------
 
 MAX_NOTEBOOK_BYTES = 2_000_000
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def stored_noise(notebook: dict) -> list[str]:

@@ -19,6 +19,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,12 +85,16 @@ def _rewrite_table(text: str, header: str, times: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _documents(times: dict[str, dict]) -> list[tuple[Path, str, str]]:
-    """(path, current text, text with the times written) for the three places."""
+def _documents(times: dict[str, dict]) -> list[tuple[Path, str, str, Callable[[], None]]]:
+    """(path, current text, text with the times written, a function that saves that text)
+    for the three places; each file is read once."""
     out = []
     for path, header in (README, GUIDE):
         text = path.read_text(encoding="utf-8")
-        out.append((path, text, _rewrite_table(text, header, times)))
+        new = _rewrite_table(text, header, times)
+        out.append(
+            (path, text, new, lambda path=path, new=new: path.write_text(new, encoding="utf-8"))
+        )
     path, header = COURSE_MAP
     notebook = json.loads(path.read_text(encoding="utf-8"))
     cell = next(
@@ -98,34 +103,27 @@ def _documents(times: dict[str, dict]) -> list[tuple[Path, str, str]]:
         if c["cell_type"] == "markdown" and header in "".join(c["source"])
     )
     text = "".join(cell["source"])
-    out.append((path, text, _rewrite_table(text, header, times)))
+    new = _rewrite_table(text, header, times)
+
+    def save_notebook() -> None:
+        cell["source"] = new.splitlines(keepends=True)
+        path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    out.append((path, text, new, save_notebook))
     return out
 
 
 def disagreements(times: dict[str, dict] | None = None) -> list[str]:
     """The places whose table differs from the source (empty when all agree)."""
     times = load_times() if times is None else times
-    return [str(path.relative_to(ROOT)) for path, old, new in _documents(times) if old != new]
+    return [str(path.relative_to(ROOT)) for path, old, new, _ in _documents(times) if old != new]
 
 
 def write(times: dict[str, dict]) -> None:
-    for path, old, new in _documents(times):
-        if old == new:
-            continue
-        if path.suffix == ".ipynb":
-            notebook = json.loads(path.read_text(encoding="utf-8"))
-            cell = next(
-                c
-                for c in notebook["cells"]
-                if c["cell_type"] == "markdown" and "".join(c["source"]) == old
-            )
-            cell["source"] = new.splitlines(keepends=True)
-            path.write_text(
-                json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-            )
-        else:
-            path.write_text(new, encoding="utf-8")
-        print(f"wrote {path.relative_to(ROOT)}")
+    for path, old, new, save in _documents(times):
+        if old != new:
+            save()
+            print(f"wrote {path.relative_to(ROOT)}")
 
 
 def main(argv: list[str] | None = None) -> int:
