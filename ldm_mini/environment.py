@@ -1,7 +1,9 @@
 """What this machine offers the course: device, versions, quick mode, and what is reachable.
 
 Shown in notebook 00_setup_and_data and by ``ldm-mini env``. Nothing here downloads:
-reachability is one bounded connection attempt per service.
+reachability is one bounded connection attempt per service. The perceptual backbone is
+reported twice: what training with the autoencoder presets uses (read from the presets), and
+what ``loss.perceptual_backbone=auto`` would pick here (what is cached and reachable).
 """
 
 from __future__ import annotations
@@ -88,6 +90,35 @@ def lpips_backbone_cached(net: str = "vgg") -> bool:
     return perceptual.lpips_backbone_cached(net)
 
 
+def preset_perceptual_backbones() -> dict[str, dict[str, Any]]:
+    """The ``loss`` settings of the perceptual backbone in each autoencoder preset:
+    ``{preset: {"perceptual_backbone": ..., "allow_download": ...}}``."""
+    from ldm_mini.configs import available_presets, load_preset
+
+    settings = {}
+    for name in available_presets("autoencoder"):
+        loss = load_preset("autoencoder", name).get("loss", {})
+        settings[name] = {
+            "perceptual_backbone": loss.get("perceptual_backbone", "auto"),
+            "allow_download": bool(loss.get("allow_download", False)),
+        }
+    return settings
+
+
+def _training_backbone(preference: str, allow_download: bool) -> str:
+    """What ``loss.perceptual_backbone=preference`` trains with here (as
+    :func:`ldm_mini.perceptual.choose_backbone`, without logging or raising)."""
+    if preference == "auto":
+        return (
+            "lpips-vgg" if allow_download or lpips_backbone_cached("vgg") else "efficientnet-lite0"
+        )
+    if preference.startswith("lpips-"):
+        net = preference.removeprefix("lpips-")
+        if not allow_download and not lpips_backbone_cached(net):
+            return f"{preference} (weights not cached: training would stop and say what to do)"
+    return preference
+
+
 def device_report() -> dict[str, Any]:
     """Device name and what it supports (bf16 autocast, GPU memory)."""
     import torch
@@ -119,13 +150,23 @@ def report(check_network: bool = True) -> dict[str, Any]:
         info["torchvision_weights_reachable"], info["weights_reason"] = reachable(
             TORCHVISION_WEIGHTS_URL
         )
-    # Weights are never downloaded by default: LPIPS is the default only when already cached.
+    # What training would use, apart from what is cached: every preset fixes its backbone, and
+    # weights are never downloaded unless loss.allow_download=true.
+    presets = preset_perceptual_backbones().values()
+    info["perceptual_backbone_presets"] = sorted({p["perceptual_backbone"] for p in presets})
+    info["perceptual_backbone"] = ", ".join(
+        sorted({_training_backbone(p["perceptual_backbone"], p["allow_download"]) for p in presets})
+    )
     if info["lpips_backbone_cached"]:
-        info["perceptual_backbone"] = "lpips-vgg"
+        info["perceptual_backbone_auto"] = "lpips-vgg"
     elif info.get("torchvision_weights_reachable"):
-        info["perceptual_backbone"] = "efficientnet-lite0 (LPIPS weights downloadable, opt-in)"
+        info["perceptual_backbone_auto"] = (
+            "efficientnet-lite0 (LPIPS-VGG downloadable: add --set loss.allow_download=true)"
+        )
+    elif check_network:
+        info["perceptual_backbone_auto"] = "efficientnet-lite0 (offline)"
     else:
-        info["perceptual_backbone"] = "efficientnet-lite0 (offline)"
+        info["perceptual_backbone_auto"] = "efficientnet-lite0 (LPIPS-VGG not cached)"
     info["datasets_source"] = (
         "bundled + Hugging Face Hub" if info.get("hub_reachable") else "bundled (offline)"
     )
@@ -156,6 +197,9 @@ def format_report(info: dict[str, Any]) -> str:
             f"torchvision weight downloads reachable: {info['torchvision_weights_reachable']}"
             + (f" ({info['weights_reason']})" if info["weights_reason"] else "")
         )
-    lines.append(f"=> perceptual loss backbone: {info['perceptual_backbone']}")
+    lines.append(
+        f"=> perceptual loss backbone of the autoencoder presets: {info['perceptual_backbone']}"
+    )
+    lines.append("=> with --set loss.perceptual_backbone=auto: " + info["perceptual_backbone_auto"])
     lines.append(f"=> datasets: {info['datasets_source']}")
     return "\n".join(lines)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ldm_mini.configs import config_from_dict
-from ldm_mini.perceptual import PerceptualDistance
+from ldm_mini.perceptual import BACKBONES, PerceptualDistance
 
 __all__ = [
     "AutoencoderLoss",
@@ -191,7 +191,12 @@ class AutoencoderLossConfig:
 
     pixel_loss: str = "l1"  # "l1" (the paper's) or "l2" (to see why L2 alone blurs)
     perceptual_weight: float = 1.0
+    # "efficientnet-lite0" (offline, every preset's), "lpips-vgg" / "lpips-alex" (the paper's
+    # LPIPS: torchvision's ImageNet weights must be cached, or allow_download), or "auto"
+    # (lpips-vgg when cached or allow_download, else efficientnet-lite0)
     perceptual_backbone: str = "auto"
+    # let LPIPS download torchvision's weights (once, into torch's hub cache) when not cached
+    allow_download: bool = False
     perceptual_min_size: int = 64  # images are upsampled to this size before the backbone
     kl_weight: float = 1e-6  # weight of the KL term (KL autoencoders)
     vq_weight: float = 1.0  # weight of the VQ codebook + commitment term (VQ autoencoders)
@@ -209,6 +214,13 @@ class AutoencoderLossConfig:
         for name in ("perceptual_weight", "kl_weight", "vq_weight", "disc_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.perceptual_backbone not in ("auto", *BACKBONES):
+            raise ValueError(
+                f"perceptual_backbone must be 'auto' or one of {', '.join(map(repr, BACKBONES))}, "
+                f"got {self.perceptual_backbone!r}."
+            )
+        if not isinstance(self.allow_download, bool):
+            raise ValueError(f"allow_download must be true or false, got {self.allow_download!r}.")
         if self.pixel_loss not in ("l1", "l2"):
             raise ValueError(f"pixel_loss must be 'l1' or 'l2', got {self.pixel_loss!r}.")
         if self.disc_start < 0 or self.disc_warmup < 0:
@@ -252,7 +264,11 @@ class AutoencoderLoss(nn.Module):
         self.kind = kind
         self.regularization_weight = config.kl_weight if kind == "kl" else config.vq_weight
         self.perceptual: PerceptualDistance | None = (
-            PerceptualDistance(config.perceptual_backbone, min_size=config.perceptual_min_size)
+            PerceptualDistance(
+                config.perceptual_backbone,
+                allow_download=config.allow_download,
+                min_size=config.perceptual_min_size,
+            )
             if config.perceptual_weight > 0
             else None
         )

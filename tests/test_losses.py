@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from ldm_mini.losses import (
 from ldm_mini.perceptual import (
     BACKBONES,
     PerceptualDistance,
+    PerceptualWeightsUnavailable,
     choose_backbone,
     efficientnet_lite0_weights_path,
     lpips_backbone_cached,
@@ -134,10 +137,15 @@ def test_auto_falls_back_to_efficientnet_when_lpips_is_not_cached(empty_hub, cap
     with caplog.at_level(logging.INFO, logger="ldm_mini.perceptual"):
         assert choose_backbone("auto") == "efficientnet-lite0"
     assert "not cached" in caplog.text and "allow_download=True" in caplog.text
-    with pytest.raises(RuntimeError, match="allow_download=True") as error:
+    with pytest.raises(PerceptualWeightsUnavailable, match="allow_download=True") as error:
         choose_backbone("lpips-vgg")
-    assert "efficientnet-lite0" in str(error.value) and "not cached" in str(error.value)
-    with pytest.raises(RuntimeError, match="not cached"):
+    message = str(error.value)
+    assert isinstance(error.value, RuntimeError) and "\n" not in message
+    assert "not cached" in message and str(lpips_backbone_path("vgg")) in message
+    # what to type: allow the download, or the offline backbone
+    assert "--set loss.allow_download=true" in message
+    assert "--set loss.perceptual_backbone=efficientnet-lite0" in message
+    with pytest.raises(PerceptualWeightsUnavailable, match="not cached"):
         PerceptualDistance("lpips-alex")
     # allowed to download: LPIPS is chosen (the download would happen when it is built)
     assert choose_backbone("auto", allow_download=True) == "lpips-vgg"
@@ -151,6 +159,38 @@ def test_auto_prefers_lpips_when_cached_and_rejects_unknown_names(empty_hub):
     with pytest.raises(ValueError) as error:
         choose_backbone("vgg19")
     assert all(name in str(error.value) for name in BACKBONES)
+
+
+def test_auto_says_in_the_log_that_it_picked_cached_lpips(monkeypatch, caplog):
+    from ldm_mini import perceptual
+
+    monkeypatch.setattr(perceptual, "lpips_backbone_cached", lambda net="vgg": net == "vgg")
+    with caplog.at_level(logging.INFO, logger="ldm_mini.perceptual"):
+        assert choose_backbone("auto") == "lpips-vgg"
+    assert "Perceptual backbone: lpips-vgg" in caplog.text and "cached" in caplog.text
+    assert choose_backbone("lpips-vgg") == "lpips-vgg"  # cached: no download needed
+    with pytest.raises(PerceptualWeightsUnavailable):
+        choose_backbone("lpips-alex")
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [urllib.error.URLError("[Errno -3] Temporary failure in name resolution"),
+     OSError(28, "No space left on device"),
+     RuntimeError("invalid hash value (expected \"397923af\", got \"00000000\")")],
+)  # fmt: skip
+def test_a_failed_download_is_one_clear_error(empty_hub, monkeypatch, failure):
+    def fail(url, dst, hash_prefix=None, progress=True):
+        raise failure
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
+    with pytest.raises(PerceptualWeightsUnavailable) as error:
+        PerceptualDistance("lpips-vgg", allow_download=True)
+    message = str(error.value)
+    assert "\n" not in message and error.value.__cause__ is failure
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in message
+    assert "where the network is" in message and "efficientnet-lite0" in message
+    assert not lpips_backbone_path("vgg").exists()
 
 
 def test_lpips_loads_cached_trunk_and_shipped_linear_layers(empty_hub):
@@ -393,6 +433,30 @@ def test_discriminator_loss_is_the_hinge_and_training_separates_the_logits():
     assert logs["logits_real"] > logs["logits_fake"]
 
 
+def test_config_validates_the_backbone_and_passes_allow_download(empty_hub, monkeypatch):
+    with pytest.raises(ValueError, match="perceptual_backbone") as error:
+        AutoencoderLossConfig(perceptual_backbone="vgg19")
+    assert all(name in str(error.value) for name in ("auto", *BACKBONES))
+    with pytest.raises(ValueError, match="allow_download must be true or false"):
+        AutoencoderLossConfig.from_dict({"allow_download": 1})
+    assert AutoencoderLossConfig().allow_download is False
+    lpips_config = AutoencoderLossConfig(perceptual_backbone="lpips-vgg")
+    with pytest.raises(PerceptualWeightsUnavailable, match="loss.allow_download=true"):
+        AutoencoderLoss(lpips_config, in_channels=1)
+    # allowed: the loss asks for the download (here it fails, offline)
+    attempts = []
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        attempts.append(url)
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    allowed = AutoencoderLossConfig(perceptual_backbone="lpips-vgg", allow_download=True)
+    with pytest.raises(PerceptualWeightsUnavailable, match="could not download"):
+        AutoencoderLoss(allowed, in_channels=1)
+    assert attempts == ["https://download.pytorch.org/models/vgg16-397923af.pth"]
+
+
 def test_config_round_trip_and_unknown_keys():
     config = AutoencoderLossConfig(perceptual_weight=0.5, disc_start=50_001, disc_layers=2)
     assert AutoencoderLossConfig.from_dict(config.to_dict()) == config
@@ -412,3 +476,60 @@ def test_perceptual_term_can_be_switched_off():
     loss, logs = loss_module.generator_loss(x, noisy(x, 0.1), torch.tensor(0.0), step=0)
     assert logs["perceptual"] == 0.0 and loss.item() == pytest.approx(logs["l1"])
     assert make_loss(disc_start=0).perceptual_backbone_name == "efficientnet-lite0"
+
+
+# ---------------------------------------------------------------- through the command line
+
+TRAIN_LPIPS = ["train-autoencoder", "--preset", "tiny", "--quiet", "--set", "train.steps=1",
+               "--set", "data.limit=8", "--set", "loss.perceptual_backbone=lpips-vgg"]  # fmt: skip
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if not line.startswith("device:")]
+    assert len(lines) == 1 and lines[0].startswith("ldm-mini: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_presets_list_allow_download_and_print_it(tmp_path, capsys):
+    from ldm_mini.cli import main
+    from ldm_mini.configs import PRESETS, load_preset
+
+    for name in PRESETS:
+        loss = load_preset("autoencoder", name)["loss"]
+        assert loss["perceptual_backbone"] == "efficientnet-lite0" and not loss["allow_download"]
+        assert AutoencoderLossConfig.from_dict(loss).allow_download is False
+    argv = [*TRAIN_LPIPS, "--set", "loss.allow_download=true", "--print-config"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    loss = json.loads(capsys.readouterr().out)["loss"]
+    assert loss["perceptual_backbone"] == "lpips-vgg" and loss["allow_download"] is True
+
+
+def test_cli_lpips_without_weights_is_one_line_that_says_what_to_type(empty_hub, tmp_path, capsys):
+    from ldm_mini.cli import main
+
+    out = tmp_path / "run"
+    assert main([*TRAIN_LPIPS, "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert "--set loss.allow_download=true" in err
+    assert "--set loss.perceptual_backbone=efficientnet-lite0" in err
+    assert not out.exists()
+    assert main([*TRAIN_LPIPS, "--set", "loss.perceptual_backbone=vgg19", "--out", str(out)]) == 2
+    assert "'efficientnet-lite0'" in one_line_error(capsys)
+
+
+def test_cli_failed_download_is_one_line(empty_hub, tmp_path, monkeypatch, capsys):
+    from ldm_mini.cli import main
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    out = tmp_path / "run"
+    argv = [*TRAIN_LPIPS, "--set", "loss.allow_download=true", "--out", str(out)]
+    assert main(argv) == 2
+    err = one_line_error(capsys)
+    assert "could not download https://download.pytorch.org/models/vgg16-397923af.pth" in err
+    assert "Temporary failure in name resolution" in err and "efficientnet-lite0" in err
+    assert not out.exists()

@@ -124,7 +124,12 @@ class AutoencoderStage(TrainingStage):
             self.init_record.update(self._load_init_weights(self.init.checkpoint))
         self.frozen = freeze_latent_parts(self.model) if self.init.trainable == "decoder" else []
         self.loss_fn = AutoencoderLoss(loss_config, model_config.in_channels, model_config.kind)
-        log.info("perceptual backbone: %s", self.loss_fn.perceptual_backbone_name)
+        log.info(
+            "perceptual backbone: %s (loss.perceptual_backbone=%s, loss.allow_download=%s)",
+            self.loss_fn.perceptual_backbone_name,
+            loss_config.perceptual_backbone,
+            loss_config.allow_download,
+        )
         betas = tuple(optim.betas)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self._optimizers = {
