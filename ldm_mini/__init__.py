@@ -29,6 +29,7 @@ _SUBMODULES = (
     "environment",
     "evaluation",
     "f_sweep",
+    "hub_models",
     "ldm",
     "losses",
     "metrics",

@@ -178,6 +178,17 @@ def recover_interrupted_save(directory: str | Path) -> bool:
 
 
 SHIPPED_PREFIX = "shipped:"
+HUB_PREFIX = "hf:"
+
+
+def shipped_checkpoint_names() -> list[str]:
+    """The names of the shipped checkpoints (``shipped:NAME``), sorted."""
+    from ldm_mini.data.bundled import data_dir
+
+    folder = data_dir() / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / CONFIG_NAME).is_file())
 
 
 def shipped_checkpoint_dir(name: str) -> Path:
@@ -185,22 +196,28 @@ def shipped_checkpoint_dir(name: str) -> Path:
     error listing the shipped ones."""
     from ldm_mini.data.bundled import data_dir
 
-    folder = data_dir() / "checkpoints"
-    path = folder / name
+    path = data_dir() / "checkpoints" / name
     if not name or not path.is_dir():
-        available = sorted(p.name for p in folder.iterdir() if (p / CONFIG_NAME).is_file())
-        raise CheckpointError(f"no shipped checkpoint {name!r}; shipped: {available}")
+        raise CheckpointError(
+            f"no shipped checkpoint {name!r}; shipped: {shipped_checkpoint_names()}"
+        )
     return path
 
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """A checkpoint folder, a training run folder holding one in ``checkpoint/``, or
-    ``shipped:NAME`` for ``data/checkpoints/NAME``.
+    """A checkpoint folder, a training run folder holding one in ``checkpoint/``,
+    ``shipped:NAME`` for ``data/checkpoints/NAME``, or ``hf:org/name[@revision]`` for a
+    model repository on the Hugging Face Hub (downloaded into the Hugging Face cache by
+    :func:`ldm_mini.hub_models.hub_checkpoint_dir`).
 
     A save that was killed half-way is repaired first (:func:`recover_interrupted_save`).
     """
     if isinstance(path, str) and path.startswith(SHIPPED_PREFIX):
         return shipped_checkpoint_dir(path[len(SHIPPED_PREFIX) :])
+    if isinstance(path, str) and path.startswith(HUB_PREFIX):
+        from ldm_mini.hub_models import hub_checkpoint_dir
+
+        return hub_checkpoint_dir(path)
     path = Path(path).expanduser()
     recover_interrupted_save(path)
     recover_interrupted_save(path / "checkpoint")

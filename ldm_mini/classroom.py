@@ -344,14 +344,21 @@ def grade(
     quick: bool = True,
     only_exercises: bool = False,
     solutions: str | Path | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Grade every notebook at ``path``: per notebook and exercise, passed and feedback, and
     the total score. ``quick`` runs the notebooks in quick mode (LDM_MINI_QUICK=1);
     ``only_exercises`` runs only their setup, exercise and check cells (seconds each).
     ``solutions``: the folder of solution notebooks; a graded notebook must then call every
-    check its solution (same file name) calls (else: the checks recorded in its metadata)."""
+    check its solution (same file name) calls (else: the checks recorded in its metadata).
+    ``progress``: a bar over the notebooks (on stderr)."""
+    from tqdm.auto import tqdm
+
     grades = []
-    for notebook in notebooks_in(path):
+    notebooks = notebooks_in(path)
+    bar = tqdm(notebooks, desc="grading", unit="notebook", disable=not progress)
+    for notebook in bar:
+        bar.set_postfix_str(notebook.name)
         expected = None
         if solutions is not None:
             solution = Path(solutions) / notebook.name

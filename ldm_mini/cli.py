@@ -14,6 +14,65 @@ from ldm_mini import __version__
 from ldm_mini.configs import PRESETS
 
 DEVICE_HELP = "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps (default: auto)"
+# ldm_mini.perceptual.BACKBONES, written out so that --help does not import torch (a test
+# checks that they are the same)
+PERCEPTUAL_BACKBONES = ("lpips-vgg", "lpips-alex", "efficientnet-lite0")
+QUIET_HELP = "no progress bars and no notes on stderr (errors still print)"
+JSON_HELP = "print one JSON object on stdout instead of lines for people"
+
+
+class _RenamedFlag(argparse.Action):
+    """An old flag name that still works: stores into the new flag's ``dest`` and says, once,
+    on stderr, what the flag is called now (hidden from ``--help``)."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"ldm-mini: note: {option_string} is now {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_renamed(parser: argparse.ArgumentParser, old: str, new: str, **kwargs) -> None:
+    """Keep ``old`` working as a hidden alias of the documented flag ``new``."""
+    dest = new.removeprefix("--").replace("-", "_")
+    parser.add_argument(old, dest=dest, action=_RenamedFlag, new=new, **kwargs)
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _add_perceptual(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--perceptual`` (the backbone of the perceptual distance) and ``--allow-download``."""
+    parser.add_argument(
+        "--perceptual",
+        choices=["auto", *PERCEPTUAL_BACKBONES],
+        default=None if default != "auto" else "auto",
+        help=f"backbone of the perceptual distance (default: {default}; auto: LPIPS-VGG when its "
+        "weights are cached, else EfficientNet-Lite0, which works offline)",
+    )
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let LPIPS download torchvision's ImageNet weights (once, into torch's hub cache) "
+        "when they are not cached; needs the network (e.g. Colab)",
+    )
+
+
+def _add_sample_steps(parser: argparse.ArgumentParser, what: str = "sampling steps") -> None:
+    """``--sample-steps`` (the sampler's steps; the old name ``--steps`` still works)."""
+    parser.add_argument("--sample-steps", type=int, default=50, help=f"{what} (default: 50)")
+    _add_renamed(parser, "--steps", "--sample-steps", type=int)
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
@@ -50,16 +109,43 @@ def _cmd_env(args: argparse.Namespace) -> int:
 def _cmd_tour(args: argparse.Namespace) -> int:
     from ldm_mini import tour
 
-    page = tour.run_tour(Path(args.out), per_dataset=args.n, seed=args.seed)
+    page = tour.run_tour(
+        Path(args.out), per_dataset=args.n, seed=args.seed, progress=not args.quiet
+    )
     print(f"wrote {page}")
     return 0
+
+
+def _base_config(args: argparse.Namespace, stage: str, load) -> dict:
+    """The preset ``--preset`` (default: cpu) of ``stage``, or the JSON file ``--config``:
+    what ``--print-config`` printed, possibly edited; it must have the stage's sections."""
+    if args.config is None:
+        return load(args.preset or "cpu")
+    if args.preset is not None:
+        raise ValueError("give --preset NAME or --config FILE, not both")
+    path = Path(args.config)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--config {path} is not a JSON config ({err})") from None
+    expected = sorted(load("cpu"))
+    if not isinstance(config, dict) or sorted(config) != expected:
+        found = sorted(config) if isinstance(config, dict) else type(config).__name__
+        raise ValueError(
+            f"--config {path} is not a {stage} config (sections {found}, a {stage} config has "
+            f"{expected}); write one with `ldm-mini {args.command} --print-config > FILE`"
+        )
+    return config
 
 
 def _run_training(args: argparse.Namespace, config: dict, flags: dict[str, object], train) -> int:
     """Apply ``--set`` and the flags (config key -> value, None = not given), then train.
 
-    ``--print-config`` prints the result instead; under ``torchrun`` each process joins the
-    process group first (one process per GPU, or CPU processes on gloo).
+    ``--print-config`` prints the result instead (``--config`` reads it back); under
+    ``torchrun`` each process joins the process group first (one process per GPU, or CPU
+    processes on gloo).
     """
     from ldm_mini.configs import apply_overrides
     from ldm_mini.train import init_distributed_from_env
@@ -72,14 +158,18 @@ def _run_training(args: argparse.Namespace, config: dict, flags: dict[str, objec
         return 0
     init_distributed_from_env()
     result = train(config, args.out, resume=not args.no_resume, progress=not args.quiet)
-    print(json.dumps(result))
-    print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
+    checkpoint = str(Path(args.out) / "checkpoint")
+    if args.json:
+        print(json.dumps({**result, "checkpoint": checkpoint}))
+        return 0
+    _print_result(result, as_json=False)
+    print(f"checkpoint: {checkpoint}")
     return 0
 
 
 def _engine_flags(args: argparse.Namespace) -> dict[str, object]:
     return {
-        "train.steps": args.steps,
+        "train.steps": args.train_steps,
         "train.batch_size": args.batch_size,
         "train.device": args.device,
         "train.precision": args.precision,
@@ -89,10 +179,21 @@ def _engine_flags(args: argparse.Namespace) -> dict[str, object]:
 
 def _add_engine_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
     """The flags every training subcommand shares (read back by ``_engine_flags``)."""
-    parser.add_argument("--steps", type=int, help="training steps")
-    parser.add_argument("--batch-size", type=int, help="batch size")
     parser.add_argument(
-        "--device", help="auto, cpu, cuda, cuda:N or mps (default: the preset's, auto)"
+        "--preset", choices=PRESETS, help="the settings to start from (default: cpu)"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="start from this JSON file instead of a preset (what --print-config prints)",
+    )
+    parser.add_argument("--train-steps", type=int, help="training steps (default: the config's)")
+    _add_renamed(parser, "--steps", "--train-steps", type=int)
+    parser.add_argument("--batch-size", type=int, help="training batch size")
+    parser.add_argument(
+        "--device",
+        help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps (default: auto, as "
+        "every preset has it; a --config file's own otherwise)",
     )
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int)
@@ -105,7 +206,8 @@ def _add_engine_arguments(parser: argparse.ArgumentParser, set_example: str) -> 
     )
     parser.add_argument("--no-resume", action="store_true", help="refuse to resume; start over")
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(parser)
+    _add_json(parser)
 
 
 def _cmd_train_autoencoder(args: argparse.Namespace) -> int:
@@ -129,13 +231,14 @@ def _cmd_train_autoencoder(args: argparse.Namespace) -> int:
         )
     if args.decoder_only and not args.init_from:
         raise ValueError("--decoder-only needs --init-from CHECKPOINT (the encoder to keep)")
-    return _run_training(args, load_preset("autoencoder", args.preset), flags, train_autoencoder)
+    config = _base_config(args, "autoencoder", lambda name: load_preset("autoencoder", name))
+    return _run_training(args, config, flags, train_autoencoder)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ldm_mini.demo import run_demo
 
-    run_demo(
+    metrics = run_demo(
         args.out,
         train_minutes=args.train_minutes,
         fresh_guidance=args.fresh_guidance,
@@ -145,6 +248,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         device=args.device,
     )
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"wrote {Path(args.out) / 'index.html'} in {metrics['seconds']:.0f} s")
     return 0
 
 
@@ -161,7 +268,7 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
         "init.checkpoint": args.init_from,
         **_engine_flags(args),
     }
-    return _run_training(args, load_ldm_preset(args.preset), flags, train_ldm)
+    return _run_training(args, _base_config(args, "ldm", load_ldm_preset), flags, train_ldm)
 
 
 def _cmd_train_sr(args: argparse.Namespace) -> int:
@@ -175,7 +282,7 @@ def _cmd_train_sr(args: argparse.Namespace) -> int:
         "init.checkpoint": args.init_from,
         **_engine_flags(args),
     }
-    return _run_training(args, load_sr_preset(args.preset), flags, train_sr)
+    return _run_training(args, _base_config(args, "sr", load_sr_preset), flags, train_sr)
 
 
 def _read_image(path: str):
@@ -223,17 +330,18 @@ def _cmd_superres(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise ValueError(f"{args.input}: {err}") from None
     keep_h, keep_w = low.shape[-2:]
-    if (keep_h, keep_w) != (height, width):  # at most a few pixels at the right and bottom
-        print(f"note: cropped the input from {width}x{height} to {keep_w}x{keep_h}")
+    if (keep_h, keep_w) != (height, width) and not args.quiet:  # a few pixels at most
+        note = f"note: cropped the input from {width}x{height} to {keep_w}x{keep_h}"
+        print(note, file=sys.stderr)
     tile = args.tile  # None: the whole latent at once (fully convolutional, as the paper)
     if tile is not None and tile < 1:
         raise ValueError(f"--tile must be a positive number of latent positions, got {tile}")
     start = time.perf_counter()
     image = super_resolve(
-        ldm, low, config["objective"]["kind"], factor=factor, steps=args.steps, seed=args.seed,
-        tile=tile, overlap=args.overlap, back_projection=args.back_project,
+        ldm, low, config["objective"]["kind"], factor=factor, steps=args.sample_steps,
+        seed=args.seed, tile=tile, overlap=args.overlap, back_projection=args.back_project,
         temperature=args.temperature, eta=args.eta, refine_from=refine_from,
-        refine_t=REFINE_T if args.refine_t is None else args.refine_t,
+        refine_t=REFINE_T if args.refine_t is None else args.refine_t, progress=not args.quiet,
     )  # fmt: skip
     from PIL import Image
 
@@ -243,6 +351,7 @@ def _cmd_superres(args: argparse.Namespace) -> int:
 
     how = "the whole latent at once (fully convolutional)"
     latent_h, latent_w = (size // ldm.downsampling_factor for size in image.shape[-2:])
+    seams = None
     if tile is not None and max(latent_h, latent_w) > tile:
         seams = seam_ratio(image[0].cpu(), tile, args.overlap, ldm.downsampling_factor)
         how = (
@@ -253,6 +362,16 @@ def _cmd_superres(args: argparse.Namespace) -> int:
         how += f"; refined from {args.refine_from}'s prediction"
     if args.back_project:
         how += f"; back-projected onto the input ({args.back_project} iterations)"
+    if args.json:
+        report = {
+            "out": args.out, "input_size": [keep_w, keep_h],
+            "output_size": [image.shape[-1], image.shape[-2]], "seconds": seconds,
+            "objective": config["objective"]["kind"], "sample_steps": args.sample_steps,
+            "seed": args.seed, "tile": tile, "seam_ratio": seams,
+            "back_projection": args.back_project, "refined_from": args.refine_from,
+        }  # fmt: skip
+        print(json.dumps(report))
+        return 0
     print(
         f"wrote {args.out}: {keep_w}x{keep_h} -> {image.shape[-1]}x{image.shape[-2]} in "
         f"{seconds:.1f} s ({config['objective']['kind']}, {how})"
@@ -260,7 +379,33 @@ def _cmd_superres(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_sample_folder(folder: Path, images, labels, prompts) -> None:
+    """One PNG per sample (``00000.png``, ...) for tools that read a folder (external FID),
+    and ``samples.jsonl``: each file's label or prompt."""
+    from PIL import Image
+
+    from ldm_mini.viz import to_uint8_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pictures = to_uint8_images(images)
+    with open(folder / "samples.jsonl", "w", encoding="utf-8") as index:
+        for i, picture in enumerate(pictures):
+            name = f"{i:05d}.png"
+            # (H, W, 1) -> (H, W): PIL writes one channel as a grey PNG
+            Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(
+                folder / name
+            )
+            entry: dict[str, object] = {"file": name}
+            if labels is not None:
+                entry["label"] = int(labels[i])
+            if prompts is not None:
+                entry["prompt"] = prompts[i]
+            index.write(json.dumps(entry) + "\n")
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
+    import time
+
     import torch
 
     from ldm_mini.pipelines import generate, load_ldm
@@ -282,22 +427,29 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         prompts = args.prompt * args.n if len(args.prompt) == 1 else list(args.prompt)
     elif ldm.condition_encoder is not None:
         raise ValueError('this checkpoint is text-conditional: give --prompt "a red circle ..."')
+    start = time.perf_counter()
     images, labels, trajectory = generate(
         ldm,
         args.n,
         size,
         sampler=args.sampler,
-        steps=args.steps,
+        steps=args.sample_steps,
         guidance=args.guidance,
         seed=args.seed,
         labels=labels,
         prompts=prompts,
+        batch_size=args.batch_size,
         return_trajectory=args.trajectory is not None,
         progress=not args.quiet,
         eta=args.eta,
     )
-    out = save_image_grid(images, args.out, ncols=int(round(args.n**0.5)))
-    print(f"wrote {out} ({args.n} samples, {args.sampler} {args.steps} steps, seed {args.seed})")
+    seconds = time.perf_counter() - start
+    written = []
+    if args.out is not None:
+        written.append(str(save_image_grid(images, args.out, ncols=int(round(args.n**0.5)))))
+    if args.out_dir is not None:
+        _write_sample_folder(Path(args.out_dir), images, labels, prompts)
+        written.append(str(args.out_dir))
     if args.trajectory is not None:
         from ldm_mini.viz import save_trajectory_gif
 
@@ -305,8 +457,36 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             ldm.decode(z.to(ldm.scale_factor.device)).clamp(-1, 1).cpu()
             for z in trajectory.trajectory
         ]
-        path = save_trajectory_gif(frames, args.trajectory, ncols=int(round(args.n**0.5)))
-        print(f"wrote {path} ({len(frames)} frames: x_T, then each step)")
+        gif = save_trajectory_gif(frames, args.trajectory, ncols=int(round(args.n**0.5)))
+        written.append(str(gif))
+    if args.json:
+        report = {
+            "written": written, "n": args.n, "sampler": args.sampler,
+            "sample_steps": args.sample_steps, "guidance": args.guidance, "seed": args.seed,
+            "batch_size": args.batch_size, "seconds": seconds,
+            "seconds_per_sample": seconds / args.n,
+        }  # fmt: skip
+        print(json.dumps(report))
+        return 0
+    how = f"{args.sampler} {args.sample_steps} steps, seed {args.seed}, {seconds:.1f} s"
+    if args.out is not None:
+        print(f"wrote {args.out} ({args.n} samples in a grid; {how})")
+    if args.out_dir is not None:
+        print(f"wrote {args.n} PNGs and samples.jsonl into {args.out_dir} ({how})")
+    if args.trajectory is not None:
+        print(f"wrote {args.trajectory} ({len(frames)} frames: x_T, then each step)")
+    return 0
+
+
+def _cmd_export_hub(args: argparse.Namespace) -> int:
+    from ldm_mini.hub_models import upload_command, write_hub_folder
+
+    folder = write_hub_folder(args.checkpoint, args.out, args.repo_id, half=not args.float32)
+    files = sorted(p.name for p in folder.iterdir())
+    print(f"wrote {folder}: {', '.join(files)}")
+    print(f"upload it (after `hf auth login`): {upload_command(folder, args.repo_id)}")
+    if args.repo_id:
+        print(f"then anyone loads it with --checkpoint hf:{args.repo_id}")
     return 0
 
 
@@ -325,7 +505,7 @@ def _cmd_classroom_grade(args: argparse.Namespace) -> int:
 
     result = grade(
         args.path, timeout=args.timeout, quick=not args.full,
-        only_exercises=args.exercises_only, solutions=args.solutions,
+        only_exercises=args.exercises_only, solutions=args.solutions, progress=not args.quiet,
     )  # fmt: skip
     print(json.dumps(result) if args.json else format_grade(result))
     return 0
@@ -347,13 +527,14 @@ def _cmd_evaluate_ldm(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.n,
         sampler=args.sampler,
-        steps=args.steps,
+        steps=args.sample_steps,
         guidance=args.guidance,
         seed=args.seed,
         feature_extractor=args.features,
         with_kid=not args.no_kid,
         device=args.device,
         eta=args.eta,
+        progress=not args.quiet,
     )
     _print_result(result, args.json)
     return 0
@@ -369,10 +550,13 @@ def _cmd_evaluate_sr(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.regression,
         args.n,
-        steps=args.steps,
+        steps=args.sample_steps,
         seed=args.seed,
         feature_extractor=args.features,
         device=args.device,
+        perceptual_backbone=args.perceptual,
+        allow_download=args.allow_download,
+        progress=not args.quiet,
         back_projection=args.back_project,
         temperature=args.temperature,
         eta=args.eta,
@@ -399,11 +583,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.checkpoint,
         dataset=args.dataset,
         split=args.split,
-        limit=args.limit,
+        limit=args.n,
         perceptual_backbone=args.perceptual,
         feature_extractor=args.features,
         with_fd=not args.no_fd,
         device=args.device,
+        allow_download=args.allow_download,
+        progress=not args.quiet,
     )
     _print_result(result, args.json)
     return 0
@@ -430,6 +616,7 @@ def _add_tour(sub) -> None:
     tour.add_argument("--out", default="runs/tour", help="output folder (default: runs/tour)")
     tour.add_argument("--n", type=int, default=24, help="images per dataset (default: 24)")
     tour.add_argument("--seed", type=int, default=0, help="which images to pick (default: 0)")
+    _add_quiet(tour)
     tour.set_defaults(func=_cmd_tour)
 
 
@@ -441,7 +628,6 @@ def _add_train_autoencoder(sub) -> None:
         description="Train a perceptual autoencoder from a preset, with optional overrides. "
         "Re-running with the same --out resumes from its last checkpoint.",
     )
-    train_ae.add_argument("--preset", default="cpu", choices=PRESETS, help="default: cpu")
     train_ae.add_argument(
         "--out", required=True, help="run folder (checkpoint/, log.jsonl, samples/)"
     )
@@ -482,8 +668,9 @@ def _add_demo(sub) -> None:
     demo.add_argument("--n", type=int, default=100, help="samples in the grid (default: 100)")
     demo.add_argument("--eval-n", type=int, default=500, help="samples for FD (default: 500)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--device", default="auto", help=DEVICE_HELP)
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(demo)
+    _add_quiet(demo)
+    _add_json(demo)
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -495,11 +682,12 @@ def _add_train_ldm(sub) -> None:
         description="Train an LDM from a preset, with optional overrides. Re-running with the "
         "same --out resumes from its last checkpoint.",
     )
-    train_ldm.add_argument("--preset", default="cpu", choices=PRESETS, help="default: cpu")
     train_ldm.add_argument(
         "--out", required=True, help="run folder (checkpoint/, log.jsonl, samples/)"
     )
-    train_ldm.add_argument("--autoencoder", help="first-stage checkpoint folder (or shipped:NAME)")
+    train_ldm.add_argument(
+        "--autoencoder", help="first-stage checkpoint folder (or shipped:NAME, hf:ORG/NAME)"
+    )
     train_ldm.add_argument(
         "--first-stage", choices=["identity"], help="identity: diffusion in pixel space (LDM-1)"
     )
@@ -530,9 +718,10 @@ def _add_train_sr(sub) -> None:
         description="Train 4x super-resolution on random crops (default: photos) with the "
         "low-resolution image concatenated to z_t. Re-running with the same --out resumes.",
     )
-    train_sr.add_argument("--preset", default="cpu", choices=PRESETS, help="default: cpu")
     train_sr.add_argument("--out", required=True, help="run folder (checkpoint/, log.jsonl)")
-    train_sr.add_argument("--autoencoder", help="first-stage checkpoint folder (or shipped:NAME)")
+    train_sr.add_argument(
+        "--autoencoder", help="first-stage checkpoint folder (or shipped:NAME, hf:ORG/NAME)"
+    )
     train_sr.add_argument("--dataset", help="dataset of high-resolution images (default: photos)")
     train_sr.add_argument(
         "--degradation", choices=["bicubic", "blind"], help="LDM-SR (bicubic) or LDM-BSR (blind)"
@@ -556,9 +745,13 @@ def _add_superres(sub) -> None:
     """The command ``ldm-mini superres``."""
     superres = sub.add_parser("superres", help="upscale an image 4x with a trained SR checkpoint")
     superres.add_argument("input", help="the low-resolution image (PNG or JPEG, any size)")
-    superres.add_argument("--checkpoint", required=True, help="SR checkpoint or run folder")
+    superres.add_argument(
+        "--checkpoint",
+        required=True,
+        help="SR checkpoint or run folder (or shipped:NAME, hf:ORG/NAME)",
+    )
     superres.add_argument("--out", required=True, help="where to write the upscaled PNG")
-    superres.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
+    _add_sample_steps(superres, "DDIM steps")
     superres.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     superres.add_argument(
         "--tile",
@@ -601,20 +794,28 @@ def _add_superres(sub) -> None:
         type=int,
         help="with --refine-from: the noise level (step of 1000) to start at (default: 60, "
         "ldm_mini.pipelines.REFINE_T, chosen on the training photos; the sampler "
-        "needs a step at or below it: 17 or more --steps for 60)",
+        "needs a step at or below it: 17 or more --sample-steps for 60)",
     )
-    superres.add_argument("--device", default="auto", help=DEVICE_HELP)
     superres.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
+    _add_device(superres)
+    _add_quiet(superres)
+    _add_json(superres)
     superres.set_defaults(func=_cmd_superres)
 
 
 def _add_sample(sub) -> None:
     """The command ``ldm-mini sample``."""
-    sample = sub.add_parser("sample", help="draw samples from a trained LDM into a grid image")
-    sample.add_argument("--checkpoint", required=True, help="LDM checkpoint or run folder")
+    sample = sub.add_parser(
+        "sample", help="draw samples from a trained LDM: a grid image and/or one PNG per sample"
+    )
+    sample.add_argument(
+        "--checkpoint",
+        required=True,
+        help="LDM checkpoint or run folder (or shipped:NAME, hf:ORG/NAME)",
+    )
     sample.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     sample.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++"])
-    sample.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
+    _add_sample_steps(sample)
     sample.add_argument(
         "--eta", type=float, default=0.0,
         help="DDIM's fresh noise per step, 0 (deterministic, default) to 1 (DDPM-like)",
@@ -628,12 +829,24 @@ def _add_sample(sub) -> None:
         "unconditional prompt",
     )
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument(
+        "--batch-size", type=int, default=250,
+        help="samples drawn at once (default: 250; lower it if memory is short; the samples "
+        "depend on it, as the noise is drawn batch by batch from --seed)",
+    )  # fmt: skip
     sample.add_argument("--image-size", type=int, help="default: the training size")
     sample.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA weights")
-    sample.add_argument("--device", default="auto", help=DEVICE_HELP)
-    sample.add_argument("--out", required=True, help="grid image to write (.png)")
+    sample.add_argument("--out", help="grid image to write (.png)")
+    sample.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="a new (or empty) folder for one PNG per sample and samples.jsonl (their labels or "
+        "prompts), e.g. for an external FID tool",
+    )
     sample.add_argument("--trajectory", help="also write the denoising animation (.gif)")
-    sample.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(sample)
+    _add_quiet(sample)
+    _add_json(sample)
     sample.set_defaults(func=_cmd_sample)
 
 
@@ -648,27 +861,37 @@ def _add_evaluate(sub) -> None:
 def _add_evaluate_autoencoder(evaluate_sub) -> None:
     """The command ``ldm-mini evaluate autoencoder``."""
     ev_ae = evaluate_sub.add_parser("autoencoder", help="reconstruction metrics of an autoencoder")
-    ev_ae.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
+    ev_ae.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint or run folder (or shipped:NAME, hf:ORG/NAME)",
+    )
     ev_ae.add_argument("--dataset", help="default: the dataset it trained on")
     ev_ae.add_argument("--split", default="test")
-    ev_ae.add_argument("--limit", type=int, help="only the first N images")
-    ev_ae.add_argument("--perceptual", help="perceptual backbone (default: the checkpoint's)")
+    ev_ae.add_argument("--n", type=int, help="only the first N images (default: all)")
+    _add_renamed(ev_ae, "--limit", "--n", type=int)
+    _add_perceptual(ev_ae, "the one the checkpoint trained with")
     ev_ae.add_argument("--features", default="auto", help="FD feature extractor (default: auto)")
     ev_ae.add_argument("--no-fd", action="store_true", help="skip the Frechet distance")
-    ev_ae.add_argument("--device", default="auto", help=DEVICE_HELP)
-    ev_ae.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_device(ev_ae)
+    _add_quiet(ev_ae)
+    _add_json(ev_ae)
     ev_ae.set_defaults(func=_cmd_evaluate)
 
 
 def _add_evaluate_ldm(evaluate_sub) -> None:
     """The command ``ldm-mini evaluate ldm``."""
     ev_ldm = evaluate_sub.add_parser("ldm", help="FD and KID of an LDM's samples vs the test split")
-    ev_ldm.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
+    ev_ldm.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint or run folder (or shipped:NAME, hf:ORG/NAME)",
+    )
     ev_ldm.add_argument(
         "--n", type=int, default=1000, help="samples (and test images); default 1000"
     )
     ev_ldm.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++"])
-    ev_ldm.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
+    _add_sample_steps(ev_ldm)
     ev_ldm.add_argument("--guidance", type=float, default=1.0, help="CFG scale w (default: 1)")
     ev_ldm.add_argument(
         "--eta", type=float, default=0.0,
@@ -677,8 +900,9 @@ def _add_evaluate_ldm(evaluate_sub) -> None:
     ev_ldm.add_argument("--seed", type=int, default=0)
     ev_ldm.add_argument("--features", default="auto", help="FD feature extractor (default: auto)")
     ev_ldm.add_argument("--no-kid", action="store_true", help="skip KID")
-    ev_ldm.add_argument("--device", default="auto", help=DEVICE_HELP)
-    ev_ldm.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_device(ev_ldm)
+    _add_quiet(ev_ldm)
+    _add_json(ev_ldm)
     ev_ldm.set_defaults(func=_cmd_evaluate_ldm)
 
 
@@ -688,10 +912,14 @@ def _add_evaluate_sr(evaluate_sub) -> None:
         "sr",
         help="LDM-SR vs bicubic (and regression): PSNR, SSIM, perceptual, FD on held-out crops",
     )
-    ev_sr.add_argument("--checkpoint", required=True, help="LDM-SR checkpoint or run folder")
+    ev_sr.add_argument(
+        "--checkpoint",
+        required=True,
+        help="LDM-SR checkpoint or run folder (or shipped:NAME, hf:ORG/NAME)",
+    )
     ev_sr.add_argument("--regression", help="the regression baseline's checkpoint (optional)")
     ev_sr.add_argument("--n", type=int, default=200, help="held-out crops (default: 200)")
-    ev_sr.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
+    _add_sample_steps(ev_sr, "DDIM steps")
     ev_sr.add_argument("--seed", type=int, default=0)
     ev_sr.add_argument("--features", default="auto", help="FD feature extractor (default: auto)")
     ev_sr.add_argument(
@@ -733,11 +961,33 @@ def _add_evaluate_sr(evaluate_sub) -> None:
         type=int,
         help="with --refine: the noise level (step of 1000) to start at (default: 60, "
         "ldm_mini.pipelines.REFINE_T, chosen on the training photos; the sampler "
-        "needs a step at or below it: 17 or more --steps for 60)",
+        "needs a step at or below it: 17 or more --sample-steps for 60)",
     )
-    ev_sr.add_argument("--device", default="auto", help=DEVICE_HELP)
-    ev_sr.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_perceptual(ev_sr, "auto")
+    _add_device(ev_sr)
+    _add_quiet(ev_sr)
+    _add_json(ev_sr)
     ev_sr.set_defaults(func=_cmd_evaluate_sr)
+
+
+def _add_export_hub(sub) -> None:
+    """The command ``ldm-mini export-hub``."""
+    export = sub.add_parser(
+        "export-hub",
+        help="write a trained model into a folder ready to upload to the Hugging Face Hub",
+        description="Writes the weights inference needs (the EMA weights of a diffusion run, in "
+        "float16), the model card with the Hub's metadata and how to load it. Upload the folder "
+        "with `hf upload ORG/NAME DIR .`; it then loads anywhere as --checkpoint hf:ORG/NAME.",
+    )
+    export.add_argument("checkpoint", help="a run folder, checkpoint folder or shipped:NAME")
+    export.add_argument("--out", required=True, help="a new (or empty) folder to write")
+    export.add_argument(
+        "--repo-id", metavar="ORG/NAME", help="the Hub repository, written into the card"
+    )
+    export.add_argument(
+        "--float32", action="store_true", help="keep float32 weights (default: float16, half size)"
+    )
+    export.set_defaults(func=_cmd_export_hub)
 
 
 def _add_classroom(sub) -> None:
@@ -756,7 +1006,8 @@ def _add_classroom(sub) -> None:
         "grade", help="run notebooks (errors do not stop them) and score every exercise check"
     )
     grade.add_argument("path", help="a notebook or a folder of notebooks to grade")
-    grade.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_json(grade)
+    _add_quiet(grade)
     grade.add_argument(
         "--full", action="store_true", help="run in full mode (default: quick mode, fast)"
     )
@@ -792,6 +1043,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_superres,
         _add_sample,
         _add_evaluate,
+        _add_export_hub,
         _add_classroom,
     ):
         add(sub)
@@ -808,7 +1060,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         resolved = pick_device(device)
         # training keeps "auto": the engine resolves it and records the device in the run
         if not args.command.startswith("train-"):
-            if device == "auto" and args.command != "demo":  # the demo says it in its log
+            # the demo says it in its log
+            if device == "auto" and args.command != "demo" and not getattr(args, "quiet", False):
                 print(f"device: {resolved}", file=sys.stderr)
             args.device = resolved
     out = getattr(args, "out", None)
@@ -820,11 +1073,29 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--out {out} is a folder; give an image file name, e.g. {Path(out) / 'out.png'}"
         )
-    for name in ("n", "eval_n"):
+    if args.command == "sample":
+        _check_sample_outputs(args)
+    for name, what in (("n", "samples"), ("eval_n", "samples"), ("batch_size", "samples"),
+                       ("train_steps", "steps"), ("sample_steps", "steps")):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None and value < 1:
             flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} must be a positive number of samples, got {value}")
+            raise ValueError(f"{flag} must be a positive number of {what}, got {value}")
+
+
+def _check_sample_outputs(args: argparse.Namespace) -> None:
+    """``sample`` writes a grid (--out), a folder of PNGs (--out-dir) or both; a folder is
+    new or empty, so that no earlier samples are mixed in or overwritten."""
+    if args.out is None and args.out_dir is None:
+        raise ValueError("give --out GRID.png, --out-dir DIR (one PNG per sample), or both")
+    if args.out_dir is not None:
+        folder = Path(args.out_dir)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--out-dir {folder} is a file; give a folder for the PNGs")
+        if folder.is_dir() and any(folder.iterdir()):
+            raise ValueError(
+                f"--out-dir {folder} is not empty; give a new folder (nothing there is replaced)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,13 @@ def run_demo(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Run the demo into ``out`` on ``device`` ("auto": CUDA, then MPS, then the CPU);
-    returns the metrics (also written to metrics.json)."""
+    returns the metrics (also written to metrics.json). ``progress``: bars and a line per step
+    on stderr (stdout stays free for the caller's results)."""
+
+    def say(line: str) -> None:
+        if progress:
+            print(line, file=sys.stderr, flush=True)
+
     from ldm_mini.configs import apply_overrides
     from ldm_mini.data import TensorImageDataset, load_dataset
     from ldm_mini.environment import pick_device
@@ -54,7 +61,7 @@ def run_demo(
             f"--n must be a positive multiple of 10 (one row per class), got {num_samples}"
         )
     device = pick_device(device)
-    print(f"device: {device}", flush=True)
+    say(f"device: {device}")
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +69,7 @@ def run_demo(
     sections: list[tuple[str, str, str]] = []
 
     # 1. the first stage: x -> z = E(x) -> D(z)
-    print("[1/4] autoencoder: reconstructions and their quality", flush=True)
+    say("[1/4] autoencoder: reconstructions and their quality")
     autoencoder_path = f"shipped:{SHIPPED_AUTOENCODER}"
     autoencoder, _ = load_autoencoder(autoencoder_path, device)
     test = TensorImageDataset(load_dataset("fashion_mnist", split="test"), image_size=32)
@@ -71,7 +78,9 @@ def run_demo(
         z = autoencoder.encode_latent(x.to(device))
         reconstruction = autoencoder.decode_latent(z).clamp(-1, 1).cpu()
     viz.save_image_grid(torch.cat([x, reconstruction]), out / "reconstructions.png", 16, 3)
-    recon = evaluate_autoencoder(autoencoder_path, limit=500, with_fd=False, device=device)
+    recon = evaluate_autoencoder(
+        autoencoder_path, limit=500, with_fd=False, device=device, progress=progress
+    )
     metrics["autoencoder"] = {
         k: recon[k] for k in ("psnr", "ssim", "perceptual", "perceptual_backbone", "latent_shape")
     } | {"n": recon["n"]}
@@ -87,7 +96,7 @@ def run_demo(
     # 2. a short fresh LDM run with the course's recipe, to see training happen
     from ldm_mini.classifier import class_accuracy, load_classifier
 
-    print(f"[2/4] a fresh LDM: {train_minutes:g} minutes of training on the latents", flush=True)
+    say(f"[2/4] a fresh LDM: {train_minutes:g} minutes of training on the latents")
     config = apply_overrides(
         load_ldm_preset("cpu"),
         [f"train.max_minutes={train_minutes}", "data.limit=10000", "train.log_every=10",
@@ -102,7 +111,7 @@ def run_demo(
     fresh_labels = torch.arange(num_samples) % 10
     fresh_images, _, _ = generate(
         fresh_ldm, num_samples, 32, steps=50, seed=seed, labels=fresh_labels,
-        guidance=fresh_guidance,
+        guidance=fresh_guidance, progress=progress,
     )  # fmt: skip
     fresh_images = fresh_images.cpu()
     fresh_score = class_accuracy(load_classifier(), fresh_images, fresh_labels)
@@ -149,11 +158,13 @@ def run_demo(
     )
 
     # 3. the shipped LDM: samples per class and the denoising animation
-    print("[3/4] the shipped LDM: samples per class and a denoising animation", flush=True)
+    say("[3/4] the shipped LDM: samples per class and a denoising animation")
     ldm, ldm_config = load_ldm(f"shipped:{SHIPPED_LDM}", device)
     labels = torch.arange(num_samples) % 10
     sample_start = time.perf_counter()
-    images, _, _ = generate(ldm, num_samples, 32, steps=50, seed=seed, labels=labels)
+    images, _, _ = generate(
+        ldm, num_samples, 32, steps=50, seed=seed, labels=labels, progress=progress
+    )
     images = images.cpu()
     metrics["seconds_per_sample"] = (time.perf_counter() - sample_start) / num_samples
     by_class = images[torch.argsort(labels, stable=True)]
@@ -168,8 +179,9 @@ def run_demo(
     )
     trajectory_labels = torch.arange(16) % 10
     _, _, trajectory = generate(
-        ldm, 16, 32, steps=25, seed=seed, labels=trajectory_labels, return_trajectory=True
-    )
+        ldm, 16, 32, steps=25, seed=seed, labels=trajectory_labels, return_trajectory=True,
+        progress=progress,
+    )  # fmt: skip
     frames = [ldm.decode(latent.to(device)).clamp(-1, 1).cpu() for latent in trajectory.trajectory]
     viz.save_trajectory_gif(frames, out / "denoising.gif", ncols=8, scale=3)
     sections.append(
@@ -181,14 +193,14 @@ def run_demo(
     )
 
     # 4. how close are the samples to real images (FD, same feature extractor both ways)
-    print(f"[4/4] FD of {eval_samples} samples against {eval_samples} test images", flush=True)
+    say(f"[4/4] FD of {eval_samples} samples against {eval_samples} test images")
     real = torch.stack([test[i]["image"] for i in range(eval_samples)])
-    fake, _, _ = generate(ldm, eval_samples, 32, steps=50, seed=seed + 1)
-    fd = frechet_distance(real, fake.cpu())
+    fake, _, _ = generate(ldm, eval_samples, 32, steps=50, seed=seed + 1, progress=progress)
+    fd = frechet_distance(real, fake.cpu(), progress=progress)
     with torch.no_grad():
         latents = autoencoder.encode_latent(real.to(device))
         reconstructed = autoencoder.decode_latent(latents).clamp(-1, 1).cpu()
-    fd_recon = frechet_distance(real, reconstructed, fd["feature_extractor"])
+    fd_recon = frechet_distance(real, reconstructed, fd["feature_extractor"], progress=progress)
     metrics["ldm"] = {
         "checkpoint": SHIPPED_LDM,
         "n": eval_samples,
@@ -221,5 +233,5 @@ def run_demo(
         + f"<p>Total {metrics['seconds']:.0f} s.</p></body></html>\n",
         encoding="utf-8",
     )
-    print(f"wrote {page} in {metrics['seconds']:.0f} s", flush=True)
+    say(f"wrote {page} in {metrics['seconds']:.0f} s")
     return metrics

@@ -39,7 +39,8 @@ SAMPLERS = ("ddpm", "ddim", "dpm++")
 
 @dataclass
 class FirstStageConfig(Section):
-    """Which frozen first stage: a checkpoint folder, ``shipped:NAME``, or ``identity``."""
+    """Which frozen first stage: a checkpoint folder, ``shipped:NAME``, ``hf:org/name`` (the
+    Hugging Face Hub), or ``identity``."""
 
     checkpoint: str = "shipped:fashion_mnist_kl_f4"
 

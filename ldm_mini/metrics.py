@@ -254,8 +254,16 @@ def _extractor_input(batch: Tensor, name: str) -> Tensor:
     return batch.float()
 
 
-def _feed(metric: nn.Module, images: Tensor, real: bool, name: str, batch_size: int) -> None:
-    for batch in images.split(batch_size):
+def _feed(
+    metric: nn.Module, images: Tensor, real: bool, name: str, batch_size: int, progress: bool
+) -> None:
+    from tqdm.auto import tqdm
+
+    which = "real" if real else "generated"
+    for batch in tqdm(
+        images.split(batch_size), desc=f"{name} features ({which})", disable=not progress,
+        leave=False,
+    ):  # fmt: skip
         metric.update(_extractor_input(batch, name), real=real)
 
 
@@ -314,6 +322,7 @@ def frechet_distance(
     fake: Tensor,
     feature_extractor: str | EfficientNetFeatures = "auto",
     batch_size: int = 64,
+    progress: bool = False,
 ) -> dict:
     """Fréchet distance between feature Gaussians of two image sets (N, C, H, W) in [-1, 1].
 
@@ -321,7 +330,8 @@ def frechet_distance(
     ``FrechetInceptionDistance`` extracts the features, Inception-v3 pool3 (2048-d, the paper's
     FID) or EfficientNet-Lite0 (1280-d, "FD-EffNet"), and accumulates their sums in float64; the
     last step is :func:`gaussian_frechet_distance` (same value as its ``compute()``, faster).
-    ``feature_extractor`` may also be an :class:`EfficientNetFeatures` instance, to reuse it.
+    ``feature_extractor`` may also be an :class:`EfficientNetFeatures` instance, to reuse it;
+    ``progress`` shows a bar per image set while the features are extracted.
 
     Returns {"fd", "feature_extractor", "label" ("FID" or "FD-EffNet"), "n_real", "n_fake"}.
     """
@@ -332,8 +342,8 @@ def frechet_distance(
     # a custom module gets the images exactly as _feed passes them (normalize is unused)
     metric = FrechetInceptionDistance(feature=feature, reset_real_features=True).to(real.device)
     with torch.no_grad():
-        _feed(metric, real, True, name, batch_size)
-        _feed(metric, fake, False, name, batch_size)
+        _feed(metric, real, True, name, batch_size, progress)
+        _feed(metric, fake, False, name, batch_size, progress)
         value = gaussian_frechet_distance(
             *_gaussian_statistics(metric, "real"), *_gaussian_statistics(metric, "fake")
         )
@@ -353,6 +363,7 @@ def kernel_inception_distance(
     batch_size: int = 64,
     subsets: int = 100,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict:
     """Kernel (MMD^2, cubic polynomial kernel) distance between two image sets in [-1, 1].
 
@@ -375,8 +386,8 @@ def kernel_inception_distance(
     metric = metric.to(real.device)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        _feed(metric, real, True, name, batch_size)
-        _feed(metric, fake, False, name, batch_size)
+        _feed(metric, real, True, name, batch_size, progress)
+        _feed(metric, fake, False, name, batch_size, progress)
         kid_mean, kid_std = metric.compute()
     return {
         "kid_mean": float(kid_mean),

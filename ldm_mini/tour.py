@@ -43,15 +43,18 @@ def shapes_truth_figure(count: int = 6, seed: int = 0):
     return viz.show_images(images, captions, ncols=6, scale=1.8, caption_width=28)
 
 
-def run_tour(out: Path, per_dataset: int = 24, seed: int = 0) -> Path:
-    """Write one grid per dataset and ``index.html`` into ``out``; return the page's path."""
+def run_tour(out: Path, per_dataset: int = 24, seed: int = 0, progress: bool = False) -> Path:
+    """Write one grid per dataset and ``index.html`` into ``out``; return the page's path.
+    ``progress``: a bar over the five pictures (on stderr)."""
     import matplotlib
+    from tqdm.auto import tqdm
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
     sections = []
+    bar = tqdm(total=5, desc="tour", unit="picture", disable=not progress)
     for name, split in (("fashion_mnist", "test"), ("emoji", "train"), ("photos", "train")):
         dataset = load_dataset(name, split=split)
         rows = [dataset[i] for i in pick(per_dataset, len(dataset), seed)]
@@ -59,17 +62,21 @@ def run_tour(out: Path, per_dataset: int = 24, seed: int = 0) -> Path:
         fig = viz.show_images(images, [r["caption"] for r in rows], ncols=8)
         sections.append((name, split, len(dataset), viz.save_figure(fig, out / f"{name}.png")))
         plt.close(fig)
+        bar.update()
     scenes = load_dataset("shapes", split="train", num_samples=per_dataset, seed=seed)
     fig = viz.show_images(scenes["image"], scenes["caption"], ncols=8, caption_width=22)
     sections.append(
         ("shapes", "train", shapes.DEFAULT_SIZES["train"], viz.save_figure(fig, out / "shapes.png"))
     )
     plt.close(fig)
+    bar.update()
     fig = shapes_truth_figure(seed=seed)
     sections.append(
         ("shapes ground truth", "train", None, viz.save_figure(fig, out / "shapes_truth.png"))
     )
     plt.close(fig)
+    bar.update()
+    bar.close()
 
     body = "\n".join(
         f"<h2>{html.escape(name)}</h2><p>split <code>{split}</code>"

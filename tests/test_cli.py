@@ -56,7 +56,7 @@ def test_train_ldm_sample_and_evaluate(tmp_path: Path, capsys, one_thread):
     assert main(["train-ldm", "--preset", "tiny", "--out", str(run), "--quiet"]) == 0
     assert (run / "checkpoint" / "ema.safetensors").is_file()
     grid, gif = tmp_path / "grid.png", tmp_path / "anim.gif"
-    status = main(["sample", "--checkpoint", str(run), "--n", "4", "--steps", "3",
+    status = main(["sample", "--checkpoint", str(run), "--n", "4", "--sample-steps", "3",
                    "--out", str(grid), "--trajectory", str(gif), "--quiet"])  # fmt: skip
     assert status == 0 and grid.stat().st_size > 0
     from PIL import Image
@@ -64,7 +64,7 @@ def test_train_ldm_sample_and_evaluate(tmp_path: Path, capsys, one_thread):
     with Image.open(gif) as animation:
         assert animation.n_frames == 4  # x_T and 3 steps
     capsys.readouterr()
-    status = main(["evaluate", "ldm", "--checkpoint", str(run), "--n", "16", "--steps", "2",
+    status = main(["evaluate", "ldm", "--checkpoint", str(run), "--n", "16", "--sample-steps", "2",
                    "--no-kid", "--json"])  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     assert status == 0 and result["n"] == 16 and result["fd"] > 0
@@ -81,12 +81,12 @@ def test_train_ldm_sample_and_evaluate(tmp_path: Path, capsys, one_thread):
 def test_text_ldm_trains_and_samples_from_prompts(tmp_path: Path, capsys, one_thread):
     run = tmp_path / "text"
     status = main(["train-ldm", "--preset", "tiny", "--condition", "text", "--dataset", "shapes",
-                   "--autoencoder", "shipped:emoji_kl_f4", "--steps", "2", "--out", str(run),
+                   "--autoencoder", "shipped:emoji_kl_f4", "--train-steps", "2", "--out", str(run),
                    "--set", "data.limit=64", "--set", "condition.text_dim=16",
                    "--set", "train.sample_every=2", "--quiet"])  # fmt: skip
     assert status == 0
     grid = tmp_path / "grid.png"
-    status = main(["sample", "--checkpoint", str(run), "--n", "2", "--steps", "2", "--quiet",
+    status = main(["sample", "--checkpoint", str(run), "--n", "2", "--sample-steps", "2", "--quiet",
                    "--prompt", "a yellow circle to the left of a green circle", "--guidance", "3",
                    "--out", str(grid)])  # fmt: skip
     assert status == 0 and grid.stat().st_size > 0
@@ -97,7 +97,7 @@ def test_text_ldm_trains_and_samples_from_prompts(tmp_path: Path, capsys, one_th
                    "--prompt", "a crimson circle"])  # fmt: skip
     assert status == 2 and "outside the vocabulary" in capsys.readouterr().err
     capsys.readouterr()
-    status = main(["evaluate", "ldm", "--checkpoint", str(run), "--n", "8", "--steps", "2",
+    status = main(["evaluate", "ldm", "--checkpoint", str(run), "--n", "8", "--sample-steps", "2",
                    "--no-kid", "--json", "--guidance", "2"])  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     assert status == 0 and 0.0 <= result["conditioning_accuracy"] <= 1.0

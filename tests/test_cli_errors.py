@@ -104,7 +104,7 @@ def test_a_trainer_state_with_code_in_it_is_refused_without_running_it(tmp_path,
     config["files"]["trainer_state.pt"] = hashlib.sha256(state.read_bytes()).hexdigest()
     (run / "checkpoint" / "config.json").write_text(json.dumps(config))
     before = snapshot(run)
-    assert main([*TRAIN_AE, "--steps", "6", "--out", str(run)]) == 2
+    assert main([*TRAIN_AE, "--train-steps", "6", "--out", str(run)]) == 2
     one_line_error(capsys, "holds more than tensors", "--no-resume")
     assert snapshot(run) == before
 

@@ -106,12 +106,8 @@ def test_evaluate_reports_the_promised_fields(trained: Path):
 
 def test_cli_train_and_evaluate(tmp_path: Path, capsys):
     out = tmp_path / "run"
-    assert (
-        main(
-            ["train-autoencoder", "--preset", "tiny", "--out", str(out), "--steps", "2", "--quiet"]
-        )
-        == 0
-    )
+    argv = ["train-autoencoder", "--preset", "tiny", "--out", str(out), "--train-steps", "2"]
+    assert main([*argv, "--quiet"]) == 0
     capsys.readouterr()
     assert (
         main(
@@ -120,7 +116,7 @@ def test_cli_train_and_evaluate(tmp_path: Path, capsys):
                 "autoencoder",
                 "--checkpoint",
                 str(out),
-                "--limit",
+                "--n",
                 "16",
                 "--no-fd",
                 "--json",

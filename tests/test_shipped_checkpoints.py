@@ -155,7 +155,7 @@ def test_shipped_names_load_everywhere_a_checkpoint_folder_does(tmp_path, capsys
     # the README's command: sample from a shipped LDM by name
     out = tmp_path / "emoji.png"
     argv = ["sample", "--checkpoint", "shipped:emoji_ldm_text", "--prompt", "smiling face"]
-    assert main([*argv, "--n", "1", "--steps", "2", "--out", str(out)]) == 0
+    assert main([*argv, "--n", "1", "--sample-steps", "2", "--out", str(out)]) == 0
     assert out.is_file()
     assert main(["sample", "--checkpoint", "shipped:nope", "--out", str(out)]) == 2
     assert "no shipped checkpoint 'nope'" in capsys.readouterr().err

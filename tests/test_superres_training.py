@@ -124,7 +124,7 @@ def test_cli_trains_and_upscales_any_size(diffusion_run: Path, tmp_path: Path, c
     Image.new("RGB", (13, 10), (200, 40, 40)).save(photo)
     out = tmp_path / "big.png"
     argv = ["superres", str(photo), "--checkpoint", str(diffusion_run), "--out", str(out),
-            "--steps", "2", "--tile", "16", "--overlap", "4"]  # fmt: skip
+            "--sample-steps", "2", "--tile", "16", "--overlap", "4"]  # fmt: skip
     assert main(argv) == 0
     with Image.open(out) as result:
         assert result.size == (52, 40)  # 4x, any size (pixel space: nothing to crop)
@@ -148,7 +148,7 @@ def test_cli_trains_and_upscales_any_size(diffusion_run: Path, tmp_path: Path, c
     assert "too small" in capsys.readouterr().err
     run = tmp_path / "cli_run"
     argv = ["train-sr", "--preset", "tiny", "--degradation", "blind", "--objective", "regression",
-            "--steps", "2", "--quiet", "--out", str(run)]  # fmt: skip
+            "--train-steps", "2", "--quiet", "--out", str(run)]  # fmt: skip
     assert main(argv) == 0
     assert load_checkpoint(run).config["data"]["degradation"] == "blind"
     with pytest.raises(ValueError, match="regression has none"):
@@ -156,7 +156,7 @@ def test_cli_trains_and_upscales_any_size(diffusion_run: Path, tmp_path: Path, c
     with pytest.raises(ValueError, match="eta is the DDIM sampler's noise"):
         super_resolve(load_sr(run)[0], torch.zeros(1, 3, 8, 8), "regression", eta=1.0)
     # back-projection needs the known degradation: offered for bicubic, refused for blind
-    argv = ["superres", str(photo), "--out", str(out), "--steps", "2", "--back-project", "2"]
+    argv = ["superres", str(photo), "--out", str(out), "--sample-steps", "2", "--back-project", "2"]
     assert main([*argv, "--checkpoint", str(diffusion_run)]) == 0
     assert "back-projected onto the input (2 iterations)" in capsys.readouterr().out
     assert main([*argv, "--checkpoint", str(run)]) == 2
@@ -213,7 +213,7 @@ def test_evaluate_sr_scores_every_method_on_the_same_crops(diffusion_run: Path, 
         assert stochastic[method]["psnr"] == pytest.approx(result[method]["psnr"], rel=1e-6)
     with pytest.raises(ValueError, match="eta must be a number"):
         evaluate_sr(diffusion_run, n=8, steps=2, eta=2.0)
-    argv = ["evaluate", "sr", "--checkpoint", str(diffusion_run), "--n", "8", "--steps", "2",
+    argv = ["evaluate", "sr", "--checkpoint", str(diffusion_run), "--n", "8", "--sample-steps", "2",
             "--json"]  # fmt: skip
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -394,7 +394,7 @@ def test_evaluate_and_cli_refine_from_the_regression(
     photo = tmp_path / "small.png"
     Image.new("RGB", (12, 8), (30, 140, 200)).save(photo)
     out = tmp_path / "big.png"
-    argv = ["superres", str(photo), "--out", str(out), "--steps", "10", "--checkpoint",
+    argv = ["superres", str(photo), "--out", str(out), "--sample-steps", "10", "--checkpoint",
             str(diffusion_run)]  # fmt: skip
     assert main([*argv, "--refine-from", str(regression_run), "--refine-t", "300"]) == 0
     assert "refined from" in capsys.readouterr().out
@@ -407,6 +407,7 @@ def test_evaluate_and_cli_refine_from_the_regression(
     assert main([*argv, "--refine-t", "300"]) == 2
     assert "give --refine-from too" in capsys.readouterr().err
     evaluate = ["evaluate", "sr", "--checkpoint", str(diffusion_run), "--regression",
-                str(regression_run), "--n", "4", "--steps", "10", "--refine-t", "300"]  # fmt: skip
+                str(regression_run), "--n", "4", "--sample-steps", "10",
+                "--refine-t", "300"]  # fmt: skip
     assert main(evaluate) == 2
     assert "give --refine too" in capsys.readouterr().err

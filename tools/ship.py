@@ -157,9 +157,7 @@ def ship(args: argparse.Namespace) -> Path:
     if destination.exists():  # --force, and the run exported and measured: replace it now
         shutil.rmtree(destination)
     export(args.run, destination, {**extra, **measured})
-    count = "--limit" if stage == "autoencoder" else "--n"  # the evaluate commands' names for n
-    measure_command = f"ldm-mini evaluate {stage} --checkpoint <this folder> --json"
-    measure_command += f" {count} {args.n}"
+    measure_command = f"ldm-mini evaluate {stage} --checkpoint <this folder> --json --n {args.n}"
     if stage == "ldm":
         sample_grid(destination, args.device)
     shipped = read_checkpoint_config(destination)

@@ -18,6 +18,20 @@ from ldm_mini.data.config import DataConfig, build_dataset
 from ldm_mini.pipelines import load_autoencoder
 
 
+def perceptual_distance(backbone: str, allow_download: bool, min_size: int, device: str):
+    """The perceptual distance an evaluation scores with, on ``device``; weights that are not
+    there give one line in the evaluate command's words (``--allow-download``, ``--perceptual``)."""
+    from ldm_mini.perceptual import PerceptualDistance, PerceptualWeightsUnavailable
+
+    try:
+        return PerceptualDistance(backbone, allow_download, min_size=min_size).to(device)
+    except PerceptualWeightsUnavailable as err:
+        raise PerceptualWeightsUnavailable(
+            f"{err} (ldm-mini evaluate: add --allow-download where the network is, or give "
+            "--perceptual efficientnet-lite0)"
+        ) from err
+
+
 @torch.no_grad()
 def evaluate_autoencoder(
     path: str | Path,
@@ -29,11 +43,18 @@ def evaluate_autoencoder(
     feature_extractor: str = "auto",
     with_fd: bool = True,
     device: str = "cpu",
+    allow_download: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Reconstruction metrics of a checkpoint on a dataset split (default: the one it trained
-    on, test split): PSNR, SSIM, perceptual distance, FD, latent shape and std, seconds."""
+    on, test split): PSNR, SSIM, perceptual distance, FD, latent shape and std, seconds.
+
+    ``perceptual_backbone``: one of :data:`ldm_mini.perceptual.BACKBONES` or "auto" (default:
+    the one the checkpoint trained with); ``allow_download`` lets LPIPS fetch torchvision's
+    weights when they are not cached. ``progress``: bars over the batches (on stderr)."""
+    from tqdm.auto import tqdm
+
     from ldm_mini import metrics
-    from ldm_mini.perceptual import PerceptualDistance
 
     start = time.perf_counter()
     model, config = load_autoencoder(path, device)
@@ -43,14 +64,14 @@ def evaluate_autoencoder(
     images = build_dataset(data)
     backbone = perceptual_backbone or config.get("perceptual_backbone") or "auto"
     min_size = config.get("loss", {}).get("perceptual_min_size", 64)
-    perceptual = PerceptualDistance(backbone, min_size=min_size).to(device)
+    perceptual = perceptual_distance(backbone, allow_download, min_size, device)
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
     sums = {"psnr": 0.0, "ssim": 0.0, "perceptual": 0.0}
     latent_sum = latent_sq = 0.0
     latent_count = 0
     originals, reconstructions = [], []
     latent_shape = None
-    for batch in loader:
+    for batch in tqdm(loader, desc="reconstructions", unit="batch", disable=not progress):
         x = batch["image"].to(device)
         latent = model.encode_latent(x)
         reconstruction = model.decode_latent(latent).clamp(-1, 1)
@@ -80,7 +101,7 @@ def evaluate_autoencoder(
     }
     if with_fd:
         fd = metrics.frechet_distance(
-            torch.cat(originals), torch.cat(reconstructions), feature_extractor
+            torch.cat(originals), torch.cat(reconstructions), feature_extractor, progress=progress
         )
         result["fd"] = fd["fd"]
         result["fd_feature_extractor"] = fd["feature_extractor"]

@@ -58,9 +58,11 @@ def evaluate_ldm(
     with_kid: bool = True,
     device: str = "cpu",
     eta: float = 0.0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """FD (and KID) of n samples against the first n images of the test split, and timing;
-    for class-conditional Fashion-MNIST models also the class accuracy of the samples."""
+    for class-conditional Fashion-MNIST models also the class accuracy of the samples.
+    ``progress``: bars while sampling and extracting features (on stderr)."""
     from ldm_mini import metrics
 
     start = time.perf_counter()
@@ -82,9 +84,10 @@ def evaluate_ldm(
         seed=seed,
         prompts=prompts,
         eta=eta,
+        progress=progress,
     )
     sampling_seconds = time.perf_counter() - sample_start
-    fd = metrics.frechet_distance(real, fake, feature_extractor)
+    fd = metrics.frechet_distance(real, fake, feature_extractor, progress=progress)
     result: dict[str, Any] = {
         "checkpoint": str(path),
         "dataset": data.dataset,
@@ -99,7 +102,9 @@ def evaluate_ldm(
         "seconds_per_sample": sampling_seconds / n,
     }
     if with_kid:
-        kid = metrics.kernel_inception_distance(real, fake, fd["feature_extractor"])
+        kid = metrics.kernel_inception_distance(
+            real, fake, fd["feature_extractor"], progress=progress
+        )
         result.update(kid=kid["kid_mean"], kid_std=kid["kid_std"], kid_label=kid["label"])
     if labels is not None and data.dataset == "fashion_mnist":
         from ldm_mini.classifier import class_accuracy, load_classifier
@@ -112,10 +117,7 @@ def evaluate_ldm(
             classifier="shipped:fashion_mnist_classifier",
         )
     if ldm.condition_encoder is not None and data.dataset == "shapes":
-        result.update(
-            shapes_conditioning(
-                ldm, n, data.image_size, sampler=sampler, steps=steps, guidance=guidance, seed=seed
-            )
-        )
+        sampling = dict(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+        result.update(shapes_conditioning(ldm, n, data.image_size, **sampling, progress=progress))
     result["seconds"] = time.perf_counter() - start
     return result

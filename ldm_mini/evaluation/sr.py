@@ -79,13 +79,20 @@ def _upscale(
     eta: float = 0.0,
     refine_from=None,
     refine_t: int = REFINE_T,
+    progress: bool = False,
+    name: str = "LDM-SR",
 ) -> Tensor:
-    out = [
-        super_resolve(ldm, low[i : i + 32], objective, factor=factor, steps=steps, seed=seed + i,
-                      temperature=temperature, eta=eta, refine_from=refine_from,
-                      refine_t=refine_t)
-        for i in range(0, len(low), 32)
-    ]  # fmt: skip
+    from tqdm.auto import tqdm
+
+    out = []
+    with tqdm(total=len(low), desc=name, unit="crop", disable=not progress) as bar:
+        for i in range(0, len(low), 32):
+            out.append(
+                super_resolve(ldm, low[i : i + 32], objective, factor=factor, steps=steps,
+                              seed=seed + i, temperature=temperature, eta=eta,
+                              refine_from=refine_from, refine_t=refine_t)
+            )  # fmt: skip
+            bar.update(len(out[-1]))
     return torch.cat(out).cpu()
 
 
@@ -104,6 +111,9 @@ def evaluate_sr(
     split: str = "test",
     refine: bool = False,
     refine_t: int = REFINE_T,
+    perceptual_backbone: str = "auto",
+    allow_download: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Scores of ``checkpoint`` (LDM-SR), bicubic upsampling and, when given, the regression
     checkpoint, on the same n held-out crops: ``{"ldm_sr": {...}, "bicubic": {...},
@@ -116,8 +126,12 @@ def evaluate_sr(
     crops of the training photos instead (the same seed): for choosing settings such as the
     temperature without looking at the test photos. ``refine``: also score LDM-SR started from
     the regression's prediction noised to step ``refine_t`` (entry ``"ldm_sr_refined"``; see
-    :func:`ldm_mini.pipelines.super_resolve`'s ``refine_from``; needs ``regression``)."""
-    from ldm_mini.perceptual import PerceptualDistance
+    :func:`ldm_mini.pipelines.super_resolve`'s ``refine_from``; needs ``regression``).
+    ``perceptual_backbone`` ("auto" or one of :data:`ldm_mini.perceptual.BACKBONES`) and
+    ``allow_download`` choose the perceptual distance; ``progress`` shows bars (on stderr)."""
+    from tqdm.auto import tqdm
+
+    from ldm_mini.evaluation.autoencoder import perceptual_distance
 
     start = time.perf_counter()
     ldm, config = load_sr(checkpoint, device)
@@ -132,9 +146,11 @@ def evaluate_sr(
     if refine and regression is None:
         raise ValueError("refine starts LDM-SR from the regression's prediction: give --regression")
     real, low = heldout_crops(config, n, split)
-    perceptual = PerceptualDistance("auto", min_size=32).to(device)
+    perceptual = perceptual_distance(perceptual_backbone, allow_download, 32, device)
     outputs = {
-        "ldm_sr": _upscale(ldm, low, "diffusion", factor, steps, seed, temperature, eta),
+        "ldm_sr": _upscale(
+            ldm, low, "diffusion", factor, steps, seed, temperature, eta, progress=progress
+        ),
         "bicubic": bicubic_upsample(low, factor),
     }
     if regression is not None:
@@ -143,11 +159,14 @@ def evaluate_sr(
             raise ValueError(f"{regression} is not a regression checkpoint (objective.kind)")
         if baseline_config["data"]["degradation"] != config["data"]["degradation"]:
             raise ValueError("the regression baseline was trained on another degradation")
-        outputs["regression"] = _upscale(baseline, low, "regression", factor, steps, seed)
+        outputs["regression"] = _upscale(
+            baseline, low, "regression", factor, steps, seed, progress=progress, name="regression"
+        )
         if refine:
             outputs["ldm_sr_refined"] = _upscale(
-                ldm, low, "diffusion", factor, steps, seed, temperature, eta, baseline, refine_t
-            )
+                ldm, low, "diffusion", factor, steps, seed, temperature, eta, baseline, refine_t,
+                progress=progress, name="LDM-SR refined",
+            )  # fmt: skip
     if config["first_stage"]["checkpoint"] != "identity":
         with torch.no_grad():
             outputs["reconstruction"] = torch.cat(
@@ -161,7 +180,7 @@ def evaluate_sr(
         })  # fmt: skip
     result: dict[str, Any] = {
         name: score(real, fake.to(real), perceptual, feature_extractor)
-        for name, fake in outputs.items()
+        for name, fake in tqdm(outputs.items(), desc="scores", unit="method", disable=not progress)
     }
     result["settings"] = {
         "checkpoint": str(checkpoint),

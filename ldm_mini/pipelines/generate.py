@@ -46,8 +46,11 @@ def generate(
     Class-conditional models get ``labels`` (default: 0, 1, ..., K-1, 0, ...); text models
     need ``prompts`` (n strings). Returns ``(images, labels, trajectories)``; trajectories
     (scaled latents after each step) only for the first batch and only when
-    ``return_trajectory``.
+    ``return_trajectory``. ``progress``: a bar per batch over the sampler's steps, and one
+    over the images when there is more than one batch.
     """
+    from tqdm.auto import tqdm
+
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n is the number of images to generate: a positive int, got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -69,6 +72,7 @@ def generate(
     device = ldm.scale_factor.device
     generator = torch.Generator(device=device).manual_seed(seed)
     images, trajectory = [], None
+    overall = tqdm(total=n, desc="samples", unit="image", disable=not progress or n <= batch_size)
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         batch_labels = None if labels is None else labels[start : start + count]
@@ -87,6 +91,8 @@ def generate(
             eta=eta,
         )
         images.append(out.cpu())
+        overall.update(count)
         if return_trajectory and start == 0:
             trajectory = output
+    overall.close()
     return torch.cat(images), labels, trajectory

@@ -41,7 +41,8 @@ log = logging.getLogger("ldm_mini.pipelines")
 
 
 def load(path: str | Path, device: str = "cpu", use_ema: bool = True) -> tuple[nn.Module, dict]:
-    """Any checkpoint (a folder, a training run's folder or ``shipped:NAME``): ``(model,
+    """Any checkpoint (a folder, a training run's folder, ``shipped:NAME`` or
+    ``hf:org/name[@revision]`` on the Hugging Face Hub, :mod:`ldm_mini.hub_models`): ``(model,
     config)``, the model in eval mode on ``device``: an autoencoder for stage ``autoencoder``,
     a :class:`~ldm_mini.ldm.LatentDiffusion` for ``ldm`` and ``sr``."""
     stage = read_checkpoint_config(path)["stage"]
@@ -64,8 +65,9 @@ def load_autoencoder(path: str | Path, device: str = "cpu") -> tuple[nn.Module, 
 
 def load_first_stage(source: str, channels: int) -> tuple[nn.Module, dict[str, Any] | None]:
     """The first stage named by a config's ``first_stage.checkpoint``: ``identity`` (pixel
-    space, LDM-1) or an autoencoder folder or ``shipped:NAME`` for images of ``channels``
-    channels. Returns ``(module, the autoencoder's config or None for the identity)``."""
+    space, LDM-1) or an autoencoder folder, ``shipped:NAME`` or ``hf:org/name`` for images of
+    ``channels`` channels. Returns ``(module, the autoencoder's config or None for the
+    identity)``."""
     if source == "identity":
         return IdentityFirstStage(channels), None
     model, config = load_autoencoder(source)

@@ -55,6 +55,7 @@ def super_resolve(
     eta: float = 0.0,
     refine_from: LatentDiffusion | None = None,
     refine_t: int = REFINE_T,
+    progress: bool = False,
 ) -> Tensor:
     """Low-resolution images (B, 3, h, w) in [-1, 1] -> (B, 3, factor h, factor w).
 
@@ -71,7 +72,7 @@ def super_resolve(
     :func:`load_refiner`). Predict and refine (Whang et al. 2022): its prediction z_reg is
     noised to the first DDIM step t_0 <= ``refine_t`` and LDM-SR runs the remaining steps from
     there, x_t0 = sqrt(abar_t0) z_reg + sqrt(1 - abar_t0) T eps, instead of from pure noise at
-    t = T-1.
+    t = T-1. ``progress`` shows the sampler's steps.
     """
     from ldm_mini.superres.consistency import back_project, check_iterations
     from ldm_mini.superres.tiling import TiledDenoiser
@@ -131,6 +132,7 @@ def super_resolve(
         denoiser=denoiser,
         eta=eta,
         start_timestep=start_timestep,
+        progress=progress,
     )
     return back_project(images, low, factor, back_projection)
 
