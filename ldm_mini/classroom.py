@@ -181,15 +181,39 @@ def write_notebook(notebook: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def make_student(source: str | Path, out: str | Path) -> list[Path]:
+def make_student(
+    source: str | Path,
+    out: str | Path,
+    repo_url: str | None = None,
+    branch: str = "main",
+    path_in_repo: str = "notebooks",
+) -> list[Path]:
     """Write the student version of every notebook at ``source`` (a notebook or a folder)
-    into the folder ``out`` (same file names). Returns the written paths."""
+    into the folder ``out`` (same file names). Returns the written paths.
+
+    ``repo_url`` (a GitHub repository, e.g. the instructor's fork): each notebook's "Open in
+    Colab" badge then opens ``path_in_repo/NAME`` of ``branch`` there, and its setup cell
+    clones that repository (:func:`ldm_mini.colab.set_links`)."""
+    from ldm_mini.colab import clone_url
+
     out = Path(out)
     if out.resolve() in {p.parent.resolve() for p in notebooks_in(source)}:
         raise ClassroomError(f"--out {out} is the solutions' own folder: choose another one")
+    if repo_url is not None:
+        try:
+            clone_url(repo_url)
+        except ValueError as err:
+            raise ClassroomError(f"--repo-url: {err}") from None
     written = []
     for path in notebooks_in(source):
         student = make_student_notebook(read_notebook(path), where=str(path))
+        if repo_url is not None:
+            from ldm_mini.colab import set_links
+
+            try:
+                set_links(student, f"{path_in_repo.strip('/')}/{path.name}", repo_url, branch)
+            except ValueError as err:
+                raise ClassroomError(str(err)) from None
         target = out / path.name
         write_notebook(student, target)
         written.append(target)

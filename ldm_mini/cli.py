@@ -6,6 +6,7 @@ Subcommands import what they need when they run, so ``ldm-mini --help`` is insta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -117,10 +118,18 @@ def _cmd_tour(args: argparse.Namespace) -> int:
 
 
 def _base_config(args: argparse.Namespace, stage: str, load) -> dict:
-    """The preset ``--preset`` (default: cpu) of ``stage``, or the JSON file ``--config``:
-    what ``--print-config`` printed, possibly edited; it must have the stage's sections."""
+    """The preset ``--preset`` of ``stage`` (default ``auto``: chosen for the device, and said
+    on stderr), or the JSON file ``--config``: what ``--print-config`` printed, possibly
+    edited; it must have the stage's sections."""
     if args.config is None:
-        return load(args.preset or "cpu")
+        if args.preset not in (None, "auto"):
+            return load(args.preset)
+        from ldm_mini.environment import describe_preset_choice, pick_device, pick_preset
+
+        device = pick_device(args.device)
+        if not args.quiet and not args.print_config:
+            print(describe_preset_choice(device), file=sys.stderr)
+        return load(pick_preset(device))
     if args.preset is not None:
         raise ValueError("give --preset NAME or --config FILE, not both")
     path = Path(args.config)
@@ -180,7 +189,10 @@ def _engine_flags(args: argparse.Namespace) -> dict[str, object]:
 def _add_engine_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
     """The flags every training subcommand shares (read back by ``_engine_flags``)."""
     parser.add_argument(
-        "--preset", choices=PRESETS, help="the settings to start from (default: cpu)"
+        "--preset",
+        choices=["auto", *PRESETS],
+        help="the settings to start from (default: auto: cpu on a CPU or MPS; on a CUDA GPU "
+        "gpu with 20 GiB and bf16, else colab-t4; it says which)",
     )
     parser.add_argument(
         "--config",
@@ -493,7 +505,11 @@ def _cmd_export_hub(args: argparse.Namespace) -> int:
 def _cmd_classroom_make_student(args: argparse.Namespace) -> int:
     from ldm_mini.classroom import exercise_names, make_student, read_notebook
 
-    for path in make_student(args.source, args.out):
+    written = make_student(
+        args.source, args.out, repo_url=args.repo_url, branch=args.branch,
+        path_in_repo=args.path_in_repo,
+    )  # fmt: skip
+    for path in written:
         names = exercise_names(read_notebook(path))
         listed = f" ({', '.join(names)})" if names else ""
         print(f"{path}: {len(names)} exercise(s) stubbed{listed}")
@@ -1001,6 +1017,19 @@ def _add_classroom(sub) -> None:
     )
     make.add_argument("source", help="a solution notebook or a folder of them (e.g. notebooks)")
     make.add_argument("--out", required=True, help="folder for the student notebooks")
+    make.add_argument(
+        "--repo-url",
+        metavar="URL",
+        help="your GitHub repository (e.g. a fork, https://github.com/ORG/REPO): the notebooks' "
+        "Open-in-Colab badges and setup cells point there (default: as in the solutions)",
+    )
+    make.add_argument("--branch", default="main", help="with --repo-url (default: main)")
+    make.add_argument(
+        "--path-in-repo",
+        default="notebooks",
+        metavar="DIR",
+        help="with --repo-url: the folder of the student notebooks in it (default: notebooks)",
+    )
     make.set_defaults(func=_cmd_classroom_make_student)
     grade = classroom_sub.add_parser(
         "grade", help="run notebooks (errors do not stop them) and score every exercise check"
@@ -1098,6 +1127,29 @@ def _check_sample_outputs(args: argparse.Namespace) -> None:
             )
 
 
+@contextlib.contextmanager
+def _library_bars_off(quiet: bool):
+    """With ``--quiet``, the progress bars of ``datasets`` (preparing a dataset's cache) and of
+    ``huggingface_hub`` (downloads) are off too; as they were afterwards."""
+    if not quiet:
+        yield
+        return
+    import huggingface_hub.utils as hub_utils
+    from datasets.utils import logging as datasets_logging
+
+    datasets_on = datasets_logging.is_progress_bar_enabled()
+    hub_on = not hub_utils.are_progress_bars_disabled()
+    datasets_logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if datasets_on:
+            datasets_logging.enable_progress_bar()
+        if hub_on:
+            hub_utils.enable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ldm-mini``; returns the exit status."""
     parser = build_parser()
@@ -1107,7 +1159,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         _check_arguments(args)
-        return args.func(args)
+        with _library_bars_off(getattr(args, "quiet", False)):
+            return args.func(args)
     except (ValueError, RuntimeError, OSError, ImportError) as err:
         # the package's own errors (bad data, damaged checkpoints, diverged training) and bad
         # values are reported in one line; anything else keeps its traceback

@@ -72,6 +72,43 @@ def pick_device(preferred: str | None = None) -> str:
     return "cpu"
 
 
+# a GPU gets the ``gpu`` presets from this much memory and compute capability (A100, L4, H100,
+# RTX 30xx/40xx with 24 GB: bf16 and room for the bigger U-Net at batch 256), else ``colab-t4``
+GPU_PRESET_MIN_GIB = 20.0
+GPU_PRESET_MIN_CAPABILITY = (8, 0)
+
+
+def pick_preset(device: str) -> str:
+    """The presets for ``device`` (as :func:`pick_device` returns it): ``cpu`` on the CPU and
+    on Apple's MPS; on a CUDA GPU ``gpu`` with at least 20 GiB of memory and compute capability
+    8.0 (bf16), else ``colab-t4`` (a T4 has 15 GiB and capability 7.5: fp16 with a scaler)."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    import torch
+
+    index = int(device.partition(":")[2] or torch.cuda.current_device())
+    props = torch.cuda.get_device_properties(index)
+    big = props.total_memory / 2**30 >= GPU_PRESET_MIN_GIB
+    modern = (props.major, props.minor) >= GPU_PRESET_MIN_CAPABILITY
+    return "gpu" if big and modern else "colab-t4"
+
+
+def describe_preset_choice(device: str) -> str:
+    """One line saying which presets :func:`pick_preset` chose for ``device``, and why."""
+    preset = pick_preset(device)
+    if not device.startswith("cuda"):
+        return f"presets: {preset} (device {device})"
+    import torch
+
+    index = int(device.partition(":")[2] or torch.cuda.current_device())
+    props = torch.cuda.get_device_properties(index)
+    precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16 with a grad scaler"
+    return (
+        f"presets: {preset} (for {props.name}, {props.total_memory / 2**30:.0f} GiB, compute "
+        f"capability {props.major}.{props.minor}; mixed precision {precision})"
+    )
+
+
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     """Installed version of each distribution, or ``"missing"``."""
     versions = {}

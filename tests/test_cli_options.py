@@ -194,3 +194,21 @@ def test_evaluate_autoencoder_json_and_progress(capsys, one_thread):
     assert "reconstructions" in captured.err and "features" in captured.err
     assert main([*argv, "--quiet", "--no-fd"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_quiet_silences_the_libraries_bars_too(tmp_path: Path):
+    """On a cold cache, datasets prints 'Generating test split' bars: --quiet hides them."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "ldm_mini", "evaluate", "autoencoder", "--json", "--checkpoint",
+            "shipped:fashion_mnist_kl_f4", "--n", "4", "--no-fd", "--device", "cpu"]  # fmt: skip
+    for cache, extra in ((tmp_path / "a", []), (tmp_path / "b", ["--quiet"])):
+        env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+        run = subprocess.run([*argv, *extra], env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0 and json.loads(run.stdout)["n"] == 4
+        if extra:
+            assert run.stderr == ""
+        else:
+            assert "Generating test split" in run.stderr and "reconstructions" in run.stderr
