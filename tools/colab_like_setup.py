@@ -67,6 +67,7 @@ google = types.ModuleType("google"); google.__path__ = []
 colab = types.ModuleType("google.colab")
 sys.modules["google"], sys.modules["google.colab"] = google, colab
 torch_files = {str(p): p.stat().st_mtime_ns for p in Path(sys.argv[3]).rglob("*.py")}
+torch_before = metadata.version("torch")
 
 start = time.perf_counter()
 exec(compile(Path(sys.argv[2]).read_text(), "setup cell", "exec"), {"__name__": "__main__"})
@@ -94,7 +95,8 @@ changed = [p for p, mtime in torch_files.items() if Path(p).stat().st_mtime_ns !
 print(json.dumps({
     "setup_cell_seconds": round(setup_seconds, 1),
     "next_cells_seconds": round(after_seconds, 1),
-    "torch": torch.__version__, "torch_files_changed": len(changed),
+    "torch_before": torch_before, "torch": metadata.version("torch"),
+    "torch_files_changed": len(changed),
     "datasets": datasets.__version__, "pyarrow": pyarrow.__version__,
     "ldm_mini_from": str(Path(ldm_mini.__file__).parent),
     "stale_modules": stale, "image": list(image.shape), "test_rows": len(test),
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(result.stdout.strip().splitlines()[-1])
         report.update(timings)
         problems = []
-        if report["torch_files_changed"] or report["torch"] != metadata.version("torch"):
+        if report["torch_files_changed"] or report["torch"] != report["torch_before"]:
             problems.append("the setup cell reinstalled torch")
         if report["stale_modules"]:
             problems.append(f"a restart would be needed: {report['stale_modules']}")
