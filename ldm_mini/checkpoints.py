@@ -178,6 +178,7 @@ def recover_interrupted_save(directory: str | Path) -> bool:
 
 
 SHIPPED_PREFIX = "shipped:"
+DIFFUSION_STAGES = ("ldm", "sr", "inpaint")  # the stages with a U-Net on a first stage
 HUB_PREFIX = "hf:"
 
 
@@ -382,13 +383,15 @@ def export_checkpoint(
 def export_ema_checkpoint(
     source: str | Path, destination: str | Path, extra: dict[str, Any], half: bool = False
 ) -> Path:
-    """Ship a diffusion run (stage ``ldm`` or ``sr``): its EMA weights as the weights (the
-    U-Net, and the text encoder when trained jointly), the first stage copied unless it is a
-    shipped autoencoder (then referenced by sha256), no trainer state; ``extra`` joins the
-    config; ``half`` stores the weights in float16."""
+    """Ship a diffusion run (stage ``ldm``, ``sr`` or ``inpaint``): its EMA weights as the
+    weights (the U-Net, and the text encoder when trained jointly), the first stage copied
+    unless it is a shipped autoencoder (then referenced by sha256), no trainer state; ``extra``
+    joins the config; ``half`` stores the weights in float16."""
     checkpoint = load_checkpoint(source)
-    if checkpoint.stage not in ("ldm", "sr"):
-        raise CheckpointError(f"{source} is a {checkpoint.stage!r} checkpoint, not ldm or sr")
+    if checkpoint.stage not in DIFFUSION_STAGES:
+        raise CheckpointError(
+            f"{source} is a {checkpoint.stage!r} checkpoint, not one of {DIFFUSION_STAGES}"
+        )
     config = saved_config(checkpoint.config)
     if checkpoint.ema_state is None:
         raise CheckpointError(f"{source} has no EMA weights to ship")
@@ -432,7 +435,7 @@ def repoint_first_stage(
     config (e.g. metrics measured with the new decoder)."""
     checkpoint = load_checkpoint(source)
     first = checkpoint.config.get("first_stage") or {}
-    if checkpoint.stage not in ("ldm", "sr") or first.get("model_sha256") is None:
+    if checkpoint.stage not in DIFFUSION_STAGES or first.get("model_sha256") is None:
         raise CheckpointError(f"{source} is not a diffusion checkpoint with an autoencoder")
     if any(k.startswith("first_stage.") for k in checkpoint.model_state):
         raise CheckpointError(f"{source} stores its own first stage; there is nothing to repoint")

@@ -297,6 +297,97 @@ def _cmd_train_sr(args: argparse.Namespace) -> int:
     return _run_training(args, _base_config(args, "sr", load_sr_preset), flags, train_sr)
 
 
+def _cmd_train_inpaint(args: argparse.Namespace) -> int:
+    from ldm_mini.stages.inpaint import load_inpaint_preset, train_inpaint
+
+    if args.autoencoder and args.first_stage:
+        raise ValueError("give --autoencoder DIR or --first-stage identity, not both")
+    flags = {
+        "first_stage.checkpoint": args.autoencoder or args.first_stage,
+        "data.dataset": args.dataset,
+        "init.checkpoint": args.init_from,
+        **_engine_flags(args),
+    }
+    config = _base_config(args, "inpaint", load_inpaint_preset)
+    return _run_training(args, config, flags, train_inpaint)
+
+
+def _read_mask(path: str | None, box: str | None, size: tuple[int, int]):
+    """The mask (1, 1, H, W) in {0, 1} (1 = fill) from a PNG (white = fill) or a box
+    ``x0,y0,x1,y1`` in pixels; a clear error otherwise."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    height, width = size
+    if (path is None) == (box is None):
+        raise ValueError("give the region to fill: --mask MASK.png or --box x0,y0,x1,y1")
+    if box is not None:
+        try:
+            x0, y0, x1, y1 = (int(v) for v in box.split(","))
+        except ValueError:
+            raise ValueError(f"--box {box!r}: give four integers x0,y0,x1,y1 (pixels)") from None
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise ValueError(
+                f"--box {box}: needs 0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height} "
+                f"(the image is {width}x{height})"
+            )
+        mask = torch.zeros(1, 1, height, width)
+        mask[..., y0:y1, x0:x1] = 1
+        return mask
+    try:
+        with Image.open(path) as image:
+            grey = image.convert("L")
+    except FileNotFoundError:
+        raise ValueError(f"no such mask: {path}") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read {path} as an image ({err}); give a PNG") from None
+    if grey.size != (width, height):
+        raise ValueError(
+            f"the mask {path} is {grey.size[0]}x{grey.size[1]}, the image {width}x{height}: "
+            "give a mask of the image's size"
+        )
+    values = torch.from_numpy(__import__("numpy").asarray(grey).copy())
+    if not bool(((values == 0) | (values == 255)).all()):
+        raise ValueError(
+            f"the mask {path} must be black (keep) and white (fill) only; it has grey levels"
+        )
+    return (values == 255).float()[None, None]
+
+
+def _cmd_inpaint(args: argparse.Namespace) -> int:
+    import time
+
+    from PIL import Image
+
+    from ldm_mini.pipelines import inpaint, load_inpaint
+    from ldm_mini.viz import to_uint8_images
+
+    ldm, config = load_inpaint(args.checkpoint, args.device, use_ema=not args.no_ema)
+    image = _read_image(args.input)
+    channels = ldm.first_stage.config.in_channels if hasattr(ldm.first_stage, "config") else 3
+    if channels == 1:
+        image = image.mean(dim=1, keepdim=True)  # the model fills grey images
+    mask = _read_mask(args.mask, args.box, tuple(image.shape[-2:]))
+    coverage = float(mask.mean())
+    if coverage == 0:
+        raise ValueError("the mask is empty (nothing to fill): white marks the region to fill")
+    start = time.perf_counter()
+    out = inpaint(ldm, image, mask, steps=args.sample_steps, seed=args.seed,
+                  progress=not args.quiet)  # fmt: skip
+    seconds = time.perf_counter() - start
+    picture = to_uint8_images(out)[0]
+    Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(args.out)
+    report = {"out": args.out, "size": list(image.shape[-2:][::-1]), "mask_coverage": coverage,
+              "sample_steps": args.sample_steps, "seed": args.seed, "seconds": seconds}  # fmt: skip
+    if coverage == 1 and not args.quiet:
+        print("note: the mask covers the whole image: an unconditional sample", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"wrote {args.out}: filled {coverage:.0%} of the image in {seconds:.1f} s")
+    return 0
+
+
 def _read_image(path: str):
     """An image file as (1, 3, H, W) in [-1, 1], or a clear error."""
     from PIL import Image, UnidentifiedImageError
@@ -592,6 +683,29 @@ def _cmd_evaluate_sr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate_inpaint(args: argparse.Namespace) -> int:
+    from ldm_mini.evaluation import evaluate_inpaint
+
+    result = evaluate_inpaint(
+        args.checkpoint, args.n, steps=args.sample_steps, seed=args.seed, rival=args.rival,
+        resample=args.resample, fills=not args.no_fills, feature_extractor=args.features,
+        device=args.device, progress=not args.quiet,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for method in [k for k in result if k not in ("settings", "inpaint_unpasted")]:
+        values = result[method]
+        print(
+            f"{method:15s} {values['fd_label']} {values['fd']:8.1f}  perceptual "
+            f"{values['perceptual']:.4f}  PSNR hole {values['psnr_hole']:5.2f} dB  known "
+            f"{values['psnr_known']:6.2f} dB  seam {values['seam']:.2f}"
+        )
+    unpasted = result["inpaint_unpasted"]["psnr_known"]
+    print(f"the model's decoder alone, outside the mask: PSNR {unpasted:.2f} dB (hence pasting)")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ldm_mini.evaluation import evaluate_autoencoder
 
@@ -757,6 +871,50 @@ def _add_train_sr(sub) -> None:
     train_sr.set_defaults(func=_cmd_train_sr)
 
 
+def _add_train_inpaint(sub) -> None:
+    """The command ``ldm-mini train-inpaint``."""
+    train = sub.add_parser(
+        "train-inpaint",
+        help="train an inpainting LDM (masked image and mask concatenated to z_t); resumes",
+        description="Train the paper's inpainting LDM on random masks (strokes, boxes, and the "
+        "whole image for the unconditional case). Re-running with the same --out resumes.",
+    )
+    train.add_argument("--out", required=True, help="run folder (checkpoint/, log.jsonl)")
+    train.add_argument(
+        "--autoencoder", help="first-stage checkpoint folder (or shipped:NAME, hf:ORG/NAME)"
+    )
+    train.add_argument(
+        "--first-stage", choices=["identity"], help="identity: inpainting in pixel space (LDM-1)"
+    )
+    train.add_argument("--dataset", help="dataset name or folder (default: the preset's)")
+    train.add_argument(
+        "--init-from", metavar="CHECKPOINT",
+        help="warm start: begin from this inpainting checkpoint's (EMA) U-Net, fresh optimizer",
+    )  # fmt: skip
+    _add_engine_arguments(train, "masks.mix='{\"box_large\": 1}'")
+    train.set_defaults(func=_cmd_train_inpaint)
+
+
+def _add_inpaint(sub) -> None:
+    """The command ``ldm-mini inpaint``."""
+    inpaint = sub.add_parser("inpaint", help="fill the masked part of an image")
+    inpaint.add_argument("input", help="the image (PNG or JPEG) of a size the model takes")
+    inpaint.add_argument(
+        "--checkpoint", required=True,
+        help="inpainting checkpoint or run folder (or shipped:NAME, hf:ORG/NAME)",
+    )  # fmt: skip
+    inpaint.add_argument("--mask", help="PNG of the image's size: white = fill, black = keep")
+    inpaint.add_argument("--box", metavar="X0,Y0,X1,Y1", help="or: fill this box (pixels)")
+    inpaint.add_argument("--out", required=True, help="where to write the filled PNG")
+    _add_sample_steps(inpaint, "DDIM steps")
+    inpaint.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    inpaint.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA weights")
+    _add_device(inpaint)
+    _add_quiet(inpaint)
+    _add_json(inpaint)
+    inpaint.set_defaults(func=_cmd_inpaint)
+
+
 def _add_superres(sub) -> None:
     """The command ``ldm-mini superres``."""
     superres = sub.add_parser("superres", help="upscale an image 4x with a trained SR checkpoint")
@@ -870,7 +1028,9 @@ def _add_evaluate(sub) -> None:
     """The command ``ldm-mini evaluate autoencoder|ldm|sr``."""
     evaluate = sub.add_parser("evaluate", help="measure a trained checkpoint")
     evaluate_sub = evaluate.add_subparsers(dest="what", metavar="WHAT", required=True)
-    for add in (_add_evaluate_autoencoder, _add_evaluate_ldm, _add_evaluate_sr):
+    for add in (
+        _add_evaluate_autoencoder, _add_evaluate_ldm, _add_evaluate_sr, _add_evaluate_inpaint,
+    ):  # fmt: skip
         add(evaluate_sub)
 
 
@@ -1006,6 +1166,35 @@ def _add_export_hub(sub) -> None:
     export.set_defaults(func=_cmd_export_hub)
 
 
+def _add_evaluate_inpaint(evaluate_sub) -> None:
+    """The command ``ldm-mini evaluate inpaint``."""
+    ev = evaluate_sub.add_parser(
+        "inpaint",
+        help="inpainting vs training-free rivals and fills: FD, perceptual, PSNR, seams",
+    )
+    ev.add_argument(
+        "--checkpoint", required=True,
+        help="inpainting checkpoint or run folder (or shipped:NAME, hf:ORG/NAME)",
+    )  # fmt: skip
+    ev.add_argument("--n", type=int, default=500, help="test images and masks (default: 500)")
+    ev.add_argument(
+        "--rival", metavar="LDM",
+        help="an unconditional or class LDM on the same data, used training-free (blended "
+        "latent diffusion; RePaint with --resample > 1)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--resample", type=int, default=1, help="RePaint's rounds per step (default: 1)"
+    )
+    ev.add_argument("--no-fills", action="store_true", help="skip the mean and harmonic fills")
+    _add_sample_steps(ev, "DDIM steps")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--features", default="auto", help="FD feature extractor (default: auto)")
+    _add_device(ev)
+    _add_quiet(ev)
+    _add_json(ev)
+    ev.set_defaults(func=_cmd_evaluate_inpaint)
+
+
 def _add_classroom(sub) -> None:
     """The command ``ldm-mini classroom make-student|grade``."""
     classroom = sub.add_parser(
@@ -1070,6 +1259,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train_ldm,
         _add_train_sr,
         _add_superres,
+        _add_train_inpaint,
+        _add_inpaint,
         _add_sample,
         _add_evaluate,
         _add_export_hub,
@@ -1098,7 +1289,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--out {out} is a file; give a folder for the run (a new one, or a run to resume)"
         )
-    if out is not None and args.command in ("sample", "superres") and Path(out).is_dir():
+    if out is not None and args.command in ("sample", "superres", "inpaint") and Path(out).is_dir():
         raise ValueError(
             f"--out {out} is a folder; give an image file name, e.g. {Path(out) / 'out.png'}"
         )

@@ -27,6 +27,7 @@ from typing import Any
 from ldm_mini import __version__
 from ldm_mini.checkpoints import (
     CONFIG_NAME,
+    DIFFUSION_STAGES,
     EMA_NAME,
     FORMAT_VERSION,
     HUB_PREFIX,
@@ -45,7 +46,6 @@ HUB_ID_FORM = "hf:org/name[@revision]"
 CARD_NAME = "README.md"
 # besides config.json and the weights: the card and the sample grids it shows
 CARD_PATTERNS = (CARD_NAME, "samples*.png")
-DIFFUSION_STAGES = ("ldm", "sr")
 # bundled datasets that have a copy on the Hub (the card's ``datasets:``)
 HUB_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist"}
 
@@ -360,6 +360,8 @@ def card_metadata(config: dict[str, Any]) -> dict[str, Any]:
         tags.append(f"{condition}-conditional")
     if stage == "sr":
         tags.append("super-resolution")
+    if stage == "inpaint":
+        tags.append("inpainting")
     licence = config.get("license") or (config.get("data") or {}).get("license") or "mit"
     metadata: dict[str, Any] = {
         "library_name": "ldm-mini",
@@ -372,6 +374,7 @@ def card_metadata(config: dict[str, Any]) -> dict[str, Any]:
     pipeline = {
         "ldm": "text-to-image" if condition == "text" else "unconditional-image-generation",
         "sr": "image-to-image",
+        "inpaint": "image-to-image",
         "classifier": "image-classification",
     }.get(stage)
     if pipeline:
@@ -518,6 +521,8 @@ def _how_to_load(
         command = f"ldm-mini sample --checkpoint {name}{extra} --n 16 --out samples.png"
     elif stage == "sr":
         command = f"ldm-mini superres low_res.png --checkpoint {name} --out upscaled.png"
+    elif stage == "inpaint":
+        command = f"ldm-mini inpaint image.png --mask mask.png --checkpoint {name} --out filled.png"
     elif stage == "autoencoder":
         command = (
             f"ldm-mini evaluate autoencoder --checkpoint {name} --json\n"

@@ -13,8 +13,8 @@ from ldm_mini.cli import PERCEPTUAL_BACKBONES, build_parser, main
 
 # commands that load or train a model: a device (default auto), bars to silence, numbers to print
 MODEL_COMMANDS = (
-    "train-autoencoder", "train-ldm", "train-sr", "demo", "sample", "superres",
-    "evaluate autoencoder", "evaluate ldm", "evaluate sr",
+    "train-autoencoder", "train-ldm", "train-sr", "train-inpaint", "demo", "sample", "superres",
+    "inpaint", "evaluate autoencoder", "evaluate ldm", "evaluate sr", "evaluate inpaint",
 )  # fmt: skip
 # the others, and what each has: instant listings print JSON; grading runs notebooks for minutes
 OTHER_COMMANDS = {
@@ -66,11 +66,18 @@ def test_other_commands_have_their_flags(command: str):
 def test_one_vocabulary_in_help():
     """Training steps, sampling steps and counts have one name each; old names are hidden."""
     commands = all_commands()
-    for name in ("train-autoencoder", "train-ldm", "train-sr"):
+    for name in ("train-autoencoder", "train-ldm", "train-sr", "train-inpaint"):
         text = commands[name].format_help()
         assert "--train-steps" in text and "--sample-steps" not in text
         assert "--steps " not in text and "--config FILE" in text
-    for name in ("sample", "superres", "evaluate ldm", "evaluate sr"):
+    for name in (
+        "sample",
+        "superres",
+        "inpaint",
+        "evaluate ldm",
+        "evaluate sr",
+        "evaluate inpaint",
+    ):
         text = commands[name].format_help()
         assert "--sample-steps" in text and "--train-steps" not in text and "--steps " not in text
     text = commands["evaluate autoencoder"].format_help()

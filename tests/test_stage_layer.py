@@ -119,6 +119,6 @@ def test_load_refuses_a_checkpoint_of_an_unknown_stage(tmp_path):
     folder = tmp_path / "odd"
     shutil.copytree(FIXTURES / "ldm_tiny" / "checkpoint", folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "stage": "inpaint"}))
-    with pytest.raises(CheckpointError, match="'inpaint' checkpoint; load\\(\\) reads"):
+    (folder / "config.json").write_text(json.dumps({**config, "stage": "layout"}))
+    with pytest.raises(CheckpointError, match="'layout' checkpoint; load\\(\\) reads"):
         load(folder)

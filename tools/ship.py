@@ -60,7 +60,11 @@ def measure(folder: Path, stage: str, n: int, guidances: list[float], device: st
         return {"metrics": by_guidance[str(guidances[0])], "metrics_by_guidance": by_guidance}
     if stage == "sr":
         return {"metrics": evaluation.evaluate_sr(folder, n=n, device=device)}
-    raise CheckpointError(f"{folder} is a {stage!r} checkpoint; ship.py ships autoencoder/ldm/sr")
+    if stage == "inpaint":
+        return {"metrics": evaluation.evaluate_inpaint(folder, n, device=device)}
+    raise CheckpointError(
+        f"{folder} is a {stage!r} checkpoint; ship.py ships autoencoder/ldm/sr/inpaint"
+    )
 
 
 def _number(value: Any) -> str:

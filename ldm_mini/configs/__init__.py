@@ -19,7 +19,7 @@ from importlib import resources
 from typing import Any
 
 # the stages whose ``model`` section is a U-Net: their presets take configs/unet/NAME.json
-UNET_STAGES = ("ldm", "sr")
+UNET_STAGES = ("ldm", "sr", "inpaint")
 
 
 def is_int(value: object) -> bool:

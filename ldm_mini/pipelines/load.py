@@ -36,7 +36,7 @@ from ldm_mini.diffusion import DiffusionConfig
 from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion
 from ldm_mini.unet import UNet, UNetConfig
 
-STAGES = ("autoencoder", "ldm", "sr")
+STAGES = ("autoencoder", "ldm", "sr", "inpaint")
 log = logging.getLogger("ldm_mini.pipelines")
 
 
@@ -44,7 +44,7 @@ def load(path: str | Path, device: str = "cpu", use_ema: bool = True) -> tuple[n
     """Any checkpoint (a folder, a training run's folder, ``shipped:NAME`` or
     ``hf:org/name[@revision]`` on the Hugging Face Hub, :mod:`ldm_mini.hub_models`): ``(model,
     config)``, the model in eval mode on ``device``: an autoencoder for stage ``autoencoder``,
-    a :class:`~ldm_mini.ldm.LatentDiffusion` for ``ldm`` and ``sr``."""
+    a :class:`~ldm_mini.ldm.LatentDiffusion` for ``ldm``, ``sr`` and ``inpaint``."""
     stage = read_checkpoint_config(path)["stage"]
     if stage == "autoencoder":
         return load_autoencoder(path, device)
@@ -52,6 +52,8 @@ def load(path: str | Path, device: str = "cpu", use_ema: bool = True) -> tuple[n
         return load_ldm(path, device, use_ema)
     if stage == "sr":
         return load_sr(path, device, use_ema)
+    if stage == "inpaint":
+        return load_inpaint(path, device, use_ema)
     raise CheckpointError(f"{path} holds a {stage!r} checkpoint; load() reads {list(STAGES)}")
 
 
@@ -189,3 +191,8 @@ def load_sr(path: str | Path, device: str = "cpu", use_ema: bool = True):
     """A super-resolution checkpoint (LDM-SR, LDM-BSR or the regression baseline; EMA weights
     by default); returns ``(ldm, config)``."""
     return _load_diffusion(path, "sr", device, use_ema)
+
+
+def load_inpaint(path: str | Path, device: str = "cpu", use_ema: bool = True):
+    """An inpainting checkpoint (EMA weights by default); returns ``(ldm, config)``."""
+    return _load_diffusion(path, "inpaint", device, use_ema)
