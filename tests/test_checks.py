@@ -14,6 +14,7 @@ from ldm_mini import checks
 from ldm_mini.autoencoder import DiagonalGaussianDistribution
 from ldm_mini.checks import EXERCISES, ExerciseCheckFailed, ExerciseNotImplemented
 from ldm_mini.diffusion import NoiseSchedule
+from ldm_mini.inpainting import blend_step, inpainting_condition, latent_mask, paste
 from ldm_mini.ldm import slerp
 from ldm_mini.losses import hinge_d_loss
 from ldm_mini.superres.concat import unet_input
@@ -383,6 +384,40 @@ CASES = {
             (lambda sx, sy, a, n: kernel(sx, sy, a, n) * 2, "sums to 1"),
         ],
     ),
+    "inpainting_condition": (
+        inpainting_condition,
+        [
+            (lambda e, x, m, size: torch.cat([e(x), latent_mask(m, size)], 1), "masked image"),
+            (lambda e, x, m, size: torch.cat([e(x * m), latent_mask(m, size)], 1), "x * (1 - m)"),
+            (
+                lambda e, x, m, size: torch.cat(
+                    [e(x * (1 - m)), F.interpolate(m, size=size, mode="nearest")], 1
+                ),
+                "max-pooling",
+            ),  # fmt: skip
+            (lambda e, x, m, size: torch.cat([latent_mask(m, size), e(x * (1 - m))], 1), "order"),
+        ],
+    ),
+    "paste": (
+        paste,
+        [
+            (lambda c, x, m: (1 - m) * c + m * x, "the hole takes the model's pixels"),
+            (lambda c, x, m: c, "put the known pixels back"),
+        ],
+    ),
+    "blend_step": (
+        blend_step,
+        [
+            (lambda zm, zk, k, a, n: k * zk + (1 - k) * zm, "noised to this step's level"),
+            (lambda zm, zk, k, a, n: k * (a * zk + (1 - a) * n) + (1 - k) * zm, "square roots"),
+            (
+                lambda zm, zk, k, a, n: (
+                    (1 - k) * (math.sqrt(a) * zk + math.sqrt(1 - a) * n) + k * zm
+                ),
+                "keep is 1",
+            ),
+        ],
+    ),
 }
 
 
@@ -400,6 +435,7 @@ def test_every_exercise_has_cases_and_every_notebook_two_to_four():
         "06_latent_diffusion",
         "07_cross_attention_conditioning",
         "08_super_resolution",
+        "10_inpainting",
     ]
     assert all(2 <= count <= 4 for count in per_notebook.values()), per_notebook
 
@@ -444,3 +480,6 @@ def test_the_package_versions_pass_too():
     checks.check_slerp(slerp)
     checks.check_unet_input(unet_input)
     checks.check_gaussian_kernel(gaussian_kernel)
+    checks.check_inpainting_condition(inpainting_condition)
+    checks.check_paste(paste)
+    checks.check_blend_step(blend_step)

@@ -1,4 +1,4 @@
-"""Exercise checkers: one per exercise of notebooks 01-08.
+"""Exercise checkers: one per exercise of notebooks 01-08 and 10.
 
 Each notebook's exercise is a function the learner writes between nbgrader-style markers
 (``### BEGIN SOLUTION`` / ``### END SOLUTION``), followed by a check cell such as
@@ -37,6 +37,7 @@ from ldm_mini.checks.diffusion import (
     check_v_target,
     check_x0_from_eps,
 )
+from ldm_mini.checks.inpaint import check_blend_step, check_inpainting_condition, check_paste
 from ldm_mini.checks.ldm import check_ldm_loss, check_scale_factor, check_slerp
 from ldm_mini.checks.superres import check_gaussian_kernel, check_unet_input
 from ldm_mini.checks.unet import check_attention, check_film, check_timestep_embedding
@@ -64,6 +65,9 @@ EXERCISES: dict[str, tuple[str, Callable[[Callable], None]]] = {
     "drop_captions": ("07_cross_attention_conditioning", check_drop_captions),
     "gaussian_kernel": ("08_super_resolution", check_gaussian_kernel),
     "unet_input": ("08_super_resolution", check_unet_input),
+    "inpainting_condition": ("10_inpainting", check_inpainting_condition),
+    "paste": ("10_inpainting", check_paste),
+    "blend_step": ("10_inpainting", check_blend_step),
 }
 
 __all__ = ["EXERCISES", "ExerciseCheckFailed", "ExerciseNotImplemented"] + [
