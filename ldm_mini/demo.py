@@ -233,5 +233,4 @@ def run_demo(
         + f"<p>Total {metrics['seconds']:.0f} s.</p></body></html>\n",
         encoding="utf-8",
     )
-    say(f"wrote {page} in {metrics['seconds']:.0f} s")
     return metrics

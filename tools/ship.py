@@ -47,7 +47,9 @@ def export(run: str | Path, destination: Path, extra: dict[str, Any]) -> Path:
     return export_ema_checkpoint(run, destination, extra, half=True)
 
 
-def measure(folder: Path, stage: str, n: int, guidances: list[float], device: str) -> dict:
+def measure(
+    folder: Path, stage: str, n: int, guidances: list[float], device: str, rival: str | None = None
+) -> dict:
     """Step 2: the stage's evaluation of ``folder`` (n images, seed 0)."""
     from ldm_mini import evaluation
 
@@ -61,7 +63,7 @@ def measure(folder: Path, stage: str, n: int, guidances: list[float], device: st
     if stage == "sr":
         return {"metrics": evaluation.evaluate_sr(folder, n=n, device=device)}
     if stage == "inpaint":
-        return {"metrics": evaluation.evaluate_inpaint(folder, n, device=device)}
+        return {"metrics": evaluation.evaluate_inpaint(folder, n, rival=rival, device=device)}
     raise CheckpointError(
         f"{folder} is a {stage!r} checkpoint; ship.py ships autoencoder/ldm/sr/inpaint"
     )
@@ -130,7 +132,11 @@ def card(title: str, config: dict[str, Any], measured: dict[str, Any], command: 
             lines += [f"### guidance w = {guidance}", ""]
         lines += ["| metric | value |", "|---|---|", *_rows(metrics), ""]
     if stage == "ldm":
-        lines += ["![samples, one row per class or prompt](samples.png)", ""]
+        unconditional = (config.get("condition") or {}).get("kind") == "none"
+        caption = (
+            "unconditional samples" if unconditional else "samples, one row per class or prompt"
+        )
+        lines += [f"![{caption}](samples.png)", ""]
     return "\n".join(lines)
 
 
@@ -157,11 +163,13 @@ def ship(args: argparse.Namespace) -> Path:
     extra = {"command": args.command, "machine": args.machine}
     with tempfile.TemporaryDirectory() as scratch:
         staged = export(args.run, Path(scratch) / "checkpoint", extra)
-        measured = measure(staged, stage, args.n, args.guidance, args.device)
+        measured = measure(staged, stage, args.n, args.guidance, args.device, args.rival)
     if destination.exists():  # --force, and the run exported and measured: replace it now
         shutil.rmtree(destination)
     export(args.run, destination, {**extra, **measured})
     measure_command = f"ldm-mini evaluate {stage} --checkpoint <this folder> --json --n {args.n}"
+    if args.rival:
+        measure_command += f" --rival {args.rival}"
     if stage == "ldm":
         sample_grid(destination, args.device)
     shipped = read_checkpoint_config(destination)
@@ -185,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         help="LDM: guidance scales measured (the first is the headline)",
     )  # fmt: skip
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--rival", help="inpainting: the LDM used training-free as the rival (evaluate inpaint)"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing destination")
     args = parser.parse_args(argv)
     try:
