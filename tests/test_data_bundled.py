@@ -87,10 +87,12 @@ def test_manifest_checksums_match_files_and_cards():
 
 
 def test_data_folder_stays_small():
-    # datasets about 27 MiB; shipped checkpoints about 27 MiB (weights in float16: 2.8 MiB per
-    # model of ~1.4M parameters, 10 models including the three super-resolution ones)
+    # datasets about 27 MiB; shipped checkpoints about 37 MiB (weights in float16: 2.8 MiB per
+    # model of ~1.4M parameters, 12 models including the three super-resolution ones and the
+    # inpainting model with its unconditional rival); 70 MiB leaves room for a colour
+    # inpainting model. A clone also carries the history: keep old weights out of it.
     total = sum(p.stat().st_size for p in (REPO / "data").rglob("*") if p.is_file())
-    assert total < 60 * 2**20, f"data/ is {total / 2**20:.1f} MiB, the budget is 60 MiB"
+    assert total < 70 * 2**20, f"data/ is {total / 2**20:.1f} MiB, the budget is 70 MiB"
 
 
 def test_list_datasets_describes_every_dataset():
