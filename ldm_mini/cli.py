@@ -315,6 +315,7 @@ def _cmd_train_inpaint(args: argparse.Namespace) -> int:
 def _read_mask(path: str | None, box: str | None, size: tuple[int, int]):
     """The mask (1, 1, H, W) in {0, 1} (1 = fill) from a PNG (white = fill) or a box
     ``x0,y0,x1,y1`` in pixels; a clear error otherwise."""
+    import numpy as np
     import torch
     from PIL import Image, UnidentifiedImageError
 
@@ -346,7 +347,7 @@ def _read_mask(path: str | None, box: str | None, size: tuple[int, int]):
             f"the mask {path} is {grey.size[0]}x{grey.size[1]}, the image {width}x{height}: "
             "give a mask of the image's size"
         )
-    values = torch.from_numpy(__import__("numpy").asarray(grey).copy())
+    values = torch.from_numpy(np.asarray(grey).copy())
     if not bool(((values == 0) | (values == 255)).all()):
         raise ValueError(
             f"the mask {path} must be black (keep) and white (fill) only; it has grey levels"

@@ -18,6 +18,7 @@ Every method fills the same first n test images with the same masks
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,7 @@ def masked_psnr(x: Tensor, y: Tensor, region: Tensor) -> float:
         return float("nan")
     # MSE on [0, 1]: ((x - y) / 2)^2
     mse = float((((x - y) / 2) ** 2 * weight).sum() / count)
-    return (
-        IDENTICAL_DB
-        if mse == 0
-        else min(IDENTICAL_DB, -10.0 * torch.log10(torch.tensor(mse)).item())
-    )
+    return IDENTICAL_DB if mse == 0 else min(IDENTICAL_DB, -10.0 * math.log10(mse))
 
 
 def _border_gradients(images: Tensor, masks: Tensor) -> Tensor:

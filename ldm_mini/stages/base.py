@@ -208,6 +208,32 @@ def scale_factor_of(
     return start.scale_factor
 
 
+def estimated_scale_factor(
+    scale: float | None,
+    first_stage_config: dict[str, Any] | None,
+    first_stage: nn.Module,
+    images,
+    cache: Tensor | None,
+    device: str,
+) -> float:
+    """The run's latent scale factor s: ``scale`` when known (configured or a warm start's),
+    1 in pixel space, else 1 / std of the training latents (the cached ones, or those of the
+    first 2,000 images)."""
+    from ldm_mini.ldm import IdentityFirstStage, estimate_scale_factor
+
+    if scale is not None:
+        return scale
+    if first_stage_config is None:
+        return 1.0  # pixels in [-1, 1] are used as they are (LDM-1)
+    if cache is not None:
+        stats = estimate_scale_factor(IdentityFirstStage(cache.shape[1]), [cache])
+    else:
+        subset = torch.utils.data.Subset(images, range(min(len(images), 2000)))
+        loader = torch.utils.data.DataLoader(subset, batch_size=500)
+        stats = estimate_scale_factor(first_stage, (b["image"] for b in loader), device)
+    return stats["scale_factor"]
+
+
 # --------------------------------------------------------------------------------------
 # The diffusion stages as stages of the engine
 # --------------------------------------------------------------------------------------

@@ -32,12 +32,13 @@ from ldm_mini.configs import Section, load_stage_preset
 from ldm_mini.data.config import DataConfig, build_dataset
 from ldm_mini.inpainting.condition import inpainting_condition
 from ldm_mini.inpainting.masks import DEFAULT_MIX, check_mask_mix, heldout_masks, random_mask
-from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion, estimate_scale_factor
+from ldm_mini.ldm import LatentDiffusion
 from ldm_mini.pipelines.inpaint import inpaint
 from ldm_mini.pipelines.load import load_first_stage
 from ldm_mini.stages.base import (
     DiffusionInitConfig,
     DiffusionStage,
+    estimated_scale_factor,
     parse_diffusion_sections,
     scale_factor_of,
     train_stage,
@@ -171,16 +172,7 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
         cache = encode_dataset(first_stage, images, device=device)[0]
         log.info("encoded %d images in %.1f s", len(images), time.perf_counter() - start)
     scale = scale_factor_of(latents.scale_factor, warm, init)
-    if scale is None and first_stage_config is None:
-        scale = 1.0  # pixels in [-1, 1] as they are (pixel-space inpainting, LDM-1)
-    elif scale is None:
-        if cache is not None:
-            stats = estimate_scale_factor(IdentityFirstStage(channels), [cache])
-        else:
-            subset = torch.utils.data.Subset(images, range(min(len(images), 2000)))
-            loader = torch.utils.data.DataLoader(subset, batch_size=500)
-            stats = estimate_scale_factor(first_stage, (b["image"] for b in loader), device)
-        scale = stats["scale_factor"]
+    scale = estimated_scale_factor(scale, first_stage_config, first_stage, images, cache, device)
     ldm = LatentDiffusion(first_stage, unet, parsed["diffusion"].build(), scale).to(device)
     dataset = images if cache is None else ImagesAndLatents(images, cache * scale)
     return InpaintStage(ldm, parsed, first_stage_config), dataset, parsed["train"]
