@@ -11,7 +11,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from ldm_mini.network import reachable
@@ -29,6 +32,57 @@ HUB_URL = "https://huggingface.co"
 def quick_mode() -> bool:
     """True when ``LDM_MINI_QUICK=1``: notebooks shrink training and evaluation (tests)."""
     return os.environ.get(QUICK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+SCRATCH_ROOT_NAME = "ldm-mini-scratch"
+_SCRATCH_FOLDERS: list[tempfile.TemporaryDirectory] = []
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (POSIX); on other systems always True (keep)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
+def remove_stale_scratch_folders(root: Path | None = None) -> list[Path]:
+    """Remove the scratch folders of processes that are no longer running; returns them.
+
+    A kernel that is killed (a crash, a test runner's shutdown) cannot remove its own folder,
+    so each new one clears those its dead predecessors left.
+    """
+    root = Path(tempfile.gettempdir()) / SCRATCH_ROOT_NAME if root is None else root
+    removed = []
+    for folder in sorted(root.glob("*-pid*-*")) if root.is_dir() else []:
+        pid_text = folder.name.rsplit("-pid", 1)[-1].split("-", 1)[0]
+        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A new empty folder for one notebook's runs, under ``<temp dir>/ldm-mini-scratch/``.
+
+    It lives as long as the Python process (the notebook's kernel) and is removed, with every
+    checkpoint and GIF written in it, when the process exits normally; folders of processes
+    that were killed are removed by the next call. A notebook run does not leave hundreds of
+    megabytes behind in the temporary directory. Copy out what you want to keep.
+    """
+    root = Path(tempfile.gettempdir()) / SCRATCH_ROOT_NAME
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_scratch_folders(root)
+    name = f"{prefix.rstrip('-_')}-pid{os.getpid()}-"
+    folder = tempfile.TemporaryDirectory(prefix=name, dir=root)
+    # Held here so that it is removed at exit, not when the caller drops the object.
+    _SCRATCH_FOLDERS.append(folder)
+    return Path(folder.name)
 
 
 class DeviceUnavailable(ValueError, RuntimeError):

@@ -36,3 +36,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """nbval kills each notebook's kernel, so its scratch folder stays: remove those left."""
+    from ldm_mini.environment import remove_stale_scratch_folders
+
+    remove_stale_scratch_folders()
