@@ -507,6 +507,57 @@ def _write_sample_folder(folder: Path, images, labels, prompts) -> None:
             index.write(json.dumps(entry) + "\n")
 
 
+def _one_or_n(values: list, n: int, flag: str) -> list:
+    """One value for every sample, or exactly n of them."""
+    if len(values) not in (1, n):
+        raise ValueError(f"give one {flag} (used for all {n} samples) or {n} of them, not "
+                         f"{len(values)}")  # fmt: skip
+    return values * n if len(values) == 1 else values
+
+
+def _layouts_argument(args: argparse.Namespace, ldm, config: dict):
+    """--layout TEXT or FILE.json (repeatable) -> layouts (n, N, 5), or None."""
+    from ldm_mini.layouts import layouts_to_tensor, parse_layout, read_layouts
+
+    if not args.layout:
+        if ldm.conditioning == "layout":
+            raise ValueError(
+                'this checkpoint is layout-conditional: give --layout "red circle 0.1,0.1,0.5,'
+                '0.5; blue square 0.55,0.5,0.95,0.9" (or a JSON file)'
+            )
+        return None
+    if ldm.conditioning != "layout":
+        raise ValueError("--layout needs a layout-conditional checkpoint (--condition layout)")
+    layouts = []
+    for value in args.layout:
+        if value.lower().endswith(".json"):
+            layouts.extend(read_layouts(value))
+        else:
+            layouts.append(parse_layout(value))
+    max_objects = int(config["condition"]["max_objects"])
+    return layouts_to_tensor(_one_or_n(layouts, args.n, "--layout"), max_objects)
+
+
+def _label_maps_argument(args: argparse.Namespace, config: dict, size: int):
+    """--label-map MAP.png (repeatable) -> label maps (n, H, W), or None."""
+    import torch
+
+    from ldm_mini.layouts import read_label_map
+
+    is_label_map_model = config.get("condition", {}).get("kind") == "label_map"
+    if not args.label_map:
+        if is_label_map_model:
+            raise ValueError(
+                "this checkpoint draws from label maps: give --label-map MAP.png (a palette PNG "
+                "of labels 0..18, as ldm_mini.layouts.write_label_map writes)"
+            )
+        return None
+    if not is_label_map_model:
+        raise ValueError("--label-map needs a label-map checkpoint (--condition label_map)")
+    maps = [read_label_map(path, size) for path in args.label_map]
+    return torch.stack(_one_or_n(maps, args.n, "--label-map"))
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     import time
 
@@ -524,13 +575,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         labels = torch.full((args.n,), args.label)
     prompts = None
     if args.prompt:
-        if ldm.condition_encoder is None:
+        if ldm.conditioning != "text":
             raise ValueError("--prompt needs a text-conditional checkpoint (--condition text)")
         if len(args.prompt) not in (1, args.n):
             raise ValueError(f"give one --prompt (used for all {args.n}) or {args.n} of them")
         prompts = args.prompt * args.n if len(args.prompt) == 1 else list(args.prompt)
-    elif ldm.condition_encoder is not None:
+    elif ldm.conditioning == "text":
         raise ValueError('this checkpoint is text-conditional: give --prompt "a red circle ..."')
+    layouts = _layouts_argument(args, ldm, config)
+    label_maps = _label_maps_argument(args, config, size)
     start = time.perf_counter()
     images, labels, trajectory = generate(
         ldm,
@@ -542,6 +595,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         labels=labels,
         prompts=prompts,
+        layouts=layouts,
+        label_maps=label_maps,
         batch_size=args.batch_size,
         return_trajectory=args.trajectory is not None,
         progress=not args.quiet,
@@ -552,6 +607,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.out is not None:
         written.append(str(save_image_grid(images, args.out, ncols=int(round(args.n**0.5)))))
     if args.out_dir is not None:
+        if layouts is not None:
+            from ldm_mini.layouts import format_layout, tensor_to_layouts
+
+            prompts = [format_layout(layout) for layout in tensor_to_layouts(layouts)]
         _write_sample_folder(Path(args.out_dir), images, labels, prompts)
         written.append(str(args.out_dir))
     if args.trajectory is not None:
@@ -824,7 +883,11 @@ def _add_train_ldm(sub) -> None:
     )
     train_ldm.add_argument("--dataset", help="dataset name or folder (default: the preset's)")
     train_ldm.add_argument(
-        "--condition", choices=["class", "text", "none"], help="conditioning (default: class)"
+        "--condition",
+        choices=["class", "text", "none", "layout", "label_map"],
+        help="conditioning (default: class); layout (boxes by cross-attention) and label_map "
+        "(concatenated) need --dataset shapes, e.g. with --set 'data.options={\"image_size\": "
+        "32, \"layouts\": \"seen\"}'",
     )
     train_ldm.add_argument(
         "--text-encoder",
@@ -1002,6 +1065,20 @@ def _add_sample(sub) -> None:
         action="append",
         help='text models: the prompt (once: for all samples; or once per sample); "" is the '
         "unconditional prompt",
+    )
+    sample.add_argument(
+        "--layout",
+        action="append",
+        help='layout models: "COLOUR SHAPE x0,y0,x1,y1; ..." (box corners as fractions of the '
+        "image) or a .json file of objects {colour, shape, box}; once for all samples, or once "
+        "per sample",
+    )
+    sample.add_argument(
+        "--label-map",
+        action="append",
+        metavar="MAP.png",
+        help="label-map models: a palette PNG of labels (0 background, 1..18 the shapes' "
+        "classes) at the image size; once for all samples, or once per sample",
     )
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument(

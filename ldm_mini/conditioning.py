@@ -35,7 +35,9 @@ from ldm_mini.configs import Section
 PAD, UNKNOWN, START = "<pad>", "<unk>", "<start>"
 SPECIAL_TOKENS = (PAD, UNKNOWN, START)
 UNKNOWN_POLICIES = ("error", "unk")
-CONDITIONS = ("none", "class", "text")
+# "layout": boxes through cross-attention; "label_map": a label map concatenated to z_t
+# (ldm_mini.layouts, notebook 11)
+CONDITIONS = ("none", "class", "text", "layout", "label_map")
 # "trained": the word-level TextEncoder, trained jointly; "minilm": a frozen pretrained MiniLM
 TEXT_ENCODERS = ("trained", "minilm")
 _WORD = re.compile(r"[a-z0-9]+")
@@ -310,6 +312,10 @@ class ConditionConfig(Section):
     # unknown_words then do not apply), from the installed package or text_encoder_dir
     text_encoder: str = "trained"
     text_encoder_dir: str | None = None
+    # layouts (kind "layout"): box corners quantised on a layout_grid x layout_grid grid; a
+    # transformer of text_dim / text_depth / text_heads; at most max_objects objects
+    layout_grid: int = 16
+    max_objects: int = 2
 
     def __post_init__(self) -> None:
         if self.kind not in CONDITIONS:
@@ -319,6 +325,12 @@ class ConditionConfig(Section):
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(
                 f"condition.text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}"
+            )
+        if not isinstance(self.layout_grid, int) or self.layout_grid < 2:
+            raise ValueError(f"condition.layout_grid must be an int >= 2, got {self.layout_grid!r}")
+        if not isinstance(self.max_objects, int) or self.max_objects < 1:
+            raise ValueError(
+                f"condition.max_objects must be a positive int, got {self.max_objects!r}"
             )
         if self.unknown_words not in UNKNOWN_POLICIES:
             raise ValueError(
@@ -346,4 +358,14 @@ def build_text_encoder(condition: ConditionConfig, tokenizer: WordTokenizer) -> 
         depth=condition.text_depth,
         heads=condition.text_heads,
         unknown=condition.unknown_words,
+    )
+
+
+def build_layout_encoder(condition: ConditionConfig) -> nn.Module:
+    """tau_theta for ``condition.kind == "layout"`` (:class:`ldm_mini.layouts.LayoutEncoder`)."""
+    from ldm_mini.layouts import LayoutEncoder, LayoutTokenizer
+
+    tokenizer = LayoutTokenizer(condition.layout_grid, condition.max_objects)
+    return LayoutEncoder(
+        tokenizer, dim=condition.text_dim, depth=condition.text_depth, heads=condition.text_heads
     )

@@ -151,6 +151,12 @@ def slerp(a: Tensor, b: Tensor, alphas: Tensor | Iterable[float]) -> Tensor:
     return mixed.reshape(-1, *a.shape).to(a.dtype)
 
 
+def _is_layout_encoder(encoder: nn.Module | None) -> bool:
+    from ldm_mini.layouts import LayoutEncoder
+
+    return isinstance(encoder, LayoutEncoder)
+
+
 class LatentDiffusion(nn.Module):
     """A frozen first stage, the denoising U-Net and the noise schedule, as one model.
 
@@ -211,9 +217,9 @@ class LatentDiffusion(nn.Module):
 
     @property
     def conditioning(self) -> str:
-        """ "text" (a condition encoder), "class" (num_classes) or "none"."""
+        """ "layout" or "text" (a condition encoder), "class" (num_classes) or "none"."""
         if self.condition_encoder is not None:
-            return "text"
+            return "layout" if _is_layout_encoder(self.condition_encoder) else "text"
         return "none" if self.num_classes is None else "class"
 
     def train(self, mode: bool = True) -> LatentDiffusion:
@@ -284,7 +290,7 @@ class LatentDiffusion(nn.Module):
 
         None when the LDM is not text-conditional; a clear error when captions are missing.
         """
-        if self.condition_encoder is None:
+        if self.condition_encoder is None or self.conditioning == "layout":
             if captions is not None:
                 raise ValueError("this LDM has no text encoder but got captions.")
             return None
@@ -310,6 +316,39 @@ class LatentDiffusion(nn.Module):
             for caption, dropped in zip(captions, drop.tolist(), strict=True)
         ]
 
+    def layouts_for_training(
+        self,
+        layouts: Tensor | None,
+        batch: int,
+        drop_probability: float,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | None:
+        """Layouts (B, N, 5) with each one replaced by the empty layout (the null condition)
+        with ``drop_probability``; None unless the LDM is layout-conditional."""
+        if self.conditioning != "layout":
+            if layouts is not None:
+                raise ValueError("this LDM has no layout encoder but got layouts.")
+            return None
+        if not isinstance(layouts, Tensor) or layouts.ndim != 3 or layouts.shape[0] != batch:
+            raise ValueError(
+                f"this LDM is layout-conditional: pass layouts ({batch}, N, 5), got "
+                f"{tuple(getattr(layouts, 'shape', ())) or type(layouts).__name__}."
+            )
+        if drop_probability == 0:
+            return layouts
+        drop = torch.rand(batch, generator=generator) < drop_probability
+        return self.drop_layouts(layouts, drop)
+
+    @staticmethod
+    def drop_layouts(layouts: Tensor, drop: Tensor) -> Tensor:
+        """layout -> the empty layout (every slot's class -1, the null condition) where
+        ``drop`` (B,) is True."""
+        from ldm_mini.layouts import EMPTY
+
+        dropped = layouts.clone()
+        dropped[drop.to(layouts.device), :, 0] = EMPTY
+        return dropped
+
     def _checked_concat(self, concat: Tensor | None, batch: int, size: tuple[int, int]) -> Tensor:
         """The concatenated input, (batch, concat_channels, *size), or a clear error."""
         channels = self.unet.config.concat_channels
@@ -326,11 +365,15 @@ class LatentDiffusion(nn.Module):
             )
         return concat
 
-    def encode_condition(self, captions: Sequence[str]) -> dict[str, Tensor]:
-        """tau_theta(y) as the U-Net's keywords: ``{"context": (B, M, d), "key_padding_mask"}``."""
+    def encode_condition(self, condition: Sequence[str] | Tensor) -> dict[str, Tensor]:
+        """tau_theta(y) as the U-Net's keywords: ``{"context": (B, M, d), "key_padding_mask"}``;
+        ``condition``: B captions for a text model, layouts (B, N, 5) for a layout model."""
         if self.condition_encoder is None:
-            raise ValueError("this LDM has no condition encoder (it is not text-conditional).")
-        context, mask = self.condition_encoder(list(captions))
+            raise ValueError("this LDM has no condition encoder (no text or layouts).")
+        if isinstance(condition, Tensor):
+            context, mask = self.condition_encoder(condition)
+        else:
+            context, mask = self.condition_encoder(list(condition))
         return {"context": context, "key_padding_mask": mask}
 
     def training_loss(
@@ -345,6 +388,7 @@ class LatentDiffusion(nn.Module):
         concat: Tensor | None = None,
         weighting: str | None = None,
         min_snr_gamma: float = MIN_SNR_GAMMA,
+        layouts: Tensor | None = None,
     ) -> Tensor:
         """L_LDM = E_{z_0, t, eps} ||eps - eps_theta(z_t, t, y)||^2 on scaled latents z0.
 
@@ -354,7 +398,9 @@ class LatentDiffusion(nn.Module):
         tau_theta (whose weights get gradients too: it is trained jointly).
         ``concat``: (B, concat_channels, h, w) joined to z_t along channels when the U-Net
         has ``concat_channels`` (super-resolution: the low-resolution image at the latent's
-        size, :func:`ldm_mini.superres.concat_condition`); it is never dropped.
+        size, :func:`ldm_mini.superres.concat_condition`; semantic synthesis: the label map,
+        :func:`ldm_mini.layouts.label_map_condition`); it is never dropped. ``layouts``
+        (B, N, 5) when layout-conditional, dropped to the empty layout likewise.
         ``t`` (B,) and ``noise`` (like z0) are drawn with ``generator`` unless given.
         ``weighting``: None for the plain loss, "min_snr" for Min-SNR-``min_snr_gamma``
         weights (:meth:`~ldm_mini.diffusion.NoiseSchedule.min_snr_weight`).
@@ -371,6 +417,9 @@ class LatentDiffusion(nn.Module):
         captions = self.captions_for_training(captions, z0.shape[0], drop_probability, generator)
         if captions is not None:
             kwargs.update(self.encode_condition(captions))
+        layouts = self.layouts_for_training(layouts, z0.shape[0], drop_probability, generator)
+        if layouts is not None:
+            kwargs.update(self.encode_condition(layouts))
         if concat is not None or self.unet.config.concat_channels:
             kwargs["concat"] = self._checked_concat(concat, z0.shape[0], tuple(z0.shape[-2:]))
         return self.schedule.training_loss(
@@ -404,13 +453,16 @@ class LatentDiffusion(nn.Module):
         concat: Tensor | None = None,
         denoiser: nn.Module | None = None,
         start_timestep: int | None = None,
+        layouts: Tensor | None = None,
     ) -> tuple[Tensor, SamplerOutput]:
         """Draw z_0 with ``sampler`` ("ddpm", "ddim", "dpm++") and decode it once.
 
         Returns ``(images, output)``: images (N, C, f h, f w) clamped to [-1, 1], and the
         sampler's output (scaled latents; trajectories when ``return_trajectory``).
         ``labels`` (N,) for class-conditional models, ``prompts`` (N strings; "" is the
-        unconditional prompt) for text-conditional ones; ``guidance`` w is the
+        unconditional prompt) for text-conditional ones, ``layouts`` (N, max_objects, 5) for
+        layout-conditional ones (:func:`ldm_mini.layouts.layouts_to_tensor`; the empty
+        layout is the unconditional one); ``guidance`` w is the
         classifier-free guidance scale (1: the conditional model alone). ``concat``
         (N, concat_channels, h, w) for U-Nets that concatenate an input to z_t (super-resolution;
         there is no null image, so those sample with w = 1). ``denoiser``: a wrapper of the
@@ -434,7 +486,25 @@ class LatentDiffusion(nn.Module):
         device = self.scale_factor.device
         model: nn.Module = self.unet
         kwargs: dict[str, Any] = {}
-        if self.condition_encoder is not None:
+        if self.conditioning == "layout":
+            if labels is not None or prompts is not None:
+                raise ValueError("this LDM is layout-conditional: pass layouts only.")
+            if not isinstance(layouts, Tensor) or layouts.ndim != 3 or len(layouts) != num_samples:
+                raise ValueError(
+                    f"this LDM is layout-conditional: pass layouts ({num_samples}, N, 5) "
+                    "(ldm_mini.layouts.layouts_to_tensor)."
+                )
+            encoder_was_training = self.condition_encoder.training
+            self.condition_encoder.eval()
+            try:
+                kwargs = self.encode_condition(layouts)
+                null = self.encode_condition(self.condition_encoder.null_condition(1))
+            finally:
+                self.condition_encoder.train(encoder_was_training)
+            model = ClassifierFreeGuidance(self.unet, guidance, null)
+        elif layouts is not None:
+            raise ValueError("this LDM has no layout encoder: no layouts.")
+        elif self.condition_encoder is not None:
             if labels is not None:
                 raise ValueError("this LDM is text-conditional: pass prompts, not labels.")
             if prompts is None or isinstance(prompts, str) or len(prompts) != num_samples:

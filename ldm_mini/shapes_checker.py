@@ -1,8 +1,10 @@
 """Read a ``shapes`` image back into objects, and score generated images against their prompts.
 
-Taught in notebook 07_cross_attention_conditioning (conditioning accuracy). The checker
-works from pixels only, with the renderer's own model of an image (``ldm_mini.data.shapes``):
-every pixel is ``(1 - alpha) * white + alpha * colour`` for one palette colour. So
+Taught in notebook 07_cross_attention_conditioning (conditioning accuracy); notebook
+11_layouts_and_semantic_maps scores layouts (objects in their boxes) and label maps (IoU).
+The checker works from pixels only, with the renderer's own model of an image
+(``ldm_mini.data.shapes``): every pixel is ``(1 - alpha) * white + alpha * colour`` for one
+palette colour. So
 
 1. each pixel is "unmixed": for every palette colour c the best alpha in [0, 1] and the
    distance from the pixel to the segment white -> c; the nearest segment names its colour
@@ -178,24 +180,41 @@ def _measure(pixels: np.ndarray, weight: np.ndarray, colour: str) -> DetectedObj
     return DetectedObject(colour, classify_fill(fill), box, centre, fill, area)
 
 
+def _detect(image: Any, min_area_fraction: float) -> list[tuple[DetectedObject, np.ndarray]]:
+    """The objects of an image with their pixels ((K, 2) rows and columns), largest first."""
+    index, alpha, _ = unmix(image)
+    height, width = alpha.shape
+    colour_names = list(COLOURS)
+    found = []
+    for colour in np.unique(index[alpha >= 0.5]):
+        weight = np.where(index == colour, alpha, 0.0)
+        for component in _components(weight >= 0.5):
+            for pixels in _split_touching(component, weight):
+                obj = _measure(pixels, weight, colour_names[int(colour)])
+                if obj.area >= min_area_fraction * height * width:
+                    found.append((obj, pixels))
+    return sorted(found, key=lambda pair: -pair[0].area)
+
+
 def read_scene(image: Any, min_area_fraction: float = 0.01) -> list[DetectedObject]:
     """The objects of a shapes image, largest first.
 
     ``image``: PIL RGB, uint8 array (H, W, 3) or tensor (3, H, W) in [-1, 1]. Components
     smaller than ``min_area_fraction`` of the image (noise, stray pixels) are ignored.
     """
-    index, alpha, _ = unmix(image)
-    height, width = alpha.shape
-    colour_names = list(COLOURS)
-    objects = []
-    for colour in np.unique(index[alpha >= 0.5]):
-        weight = np.where(index == colour, alpha, 0.0)
-        for component in _components(weight >= 0.5):
-            for pixels in _split_touching(component, weight):
-                found = _measure(pixels, weight, colour_names[int(colour)])
-                if found.area >= min_area_fraction * height * width:
-                    objects.append(found)
-    return sorted(objects, key=lambda o: -o.area)
+    return [obj for obj, _ in _detect(image, min_area_fraction)]
+
+
+def read_label_map(image: Any, min_area_fraction: float = 0.01) -> np.ndarray:
+    """The label map (H, W) the checker reads from an image: 0 background, and for the pixels
+    of each object it finds, 1 + the index of its "colour shape" class in CLASS_NAMES."""
+    from ldm_mini.data.shapes import CLASS_NAMES
+
+    height, width = _as_uint8_hwc(image).shape[:2]
+    labels = np.zeros((height, width), dtype=np.int64)
+    for obj, pixels in _detect(image, min_area_fraction):
+        labels[pixels[:, 0], pixels[:, 1]] = CLASS_NAMES.index(f"{obj.colour} {obj.shape}") + 1
+    return labels
 
 
 def parse_caption(caption: str) -> tuple[list[tuple[str, str]], str | None]:
@@ -268,3 +287,104 @@ def conditioning_accuracy(images: Any, captions: list[str]) -> dict[str, float]:
         for key, ok in scene_matches(read_scene(image), caption).items():
             totals[key] += int(ok)
     return {key: value / len(captions) for key, value in totals.items()}
+
+
+# --------------------------------------------------------------------------------------
+# Layout-to-image and semantic synthesis (notebook 11): scores against boxes and label maps
+# --------------------------------------------------------------------------------------
+
+
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1)."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def layout_matches(objects: list[DetectedObject], layout, size: int,
+                   min_iou: float = 0.5) -> dict[str, Any]:  # fmt: skip
+    """Which requested objects of ``layout`` (LayoutObjects, boxes in [0, 1]) the read
+    ``objects`` satisfy: an object is right when a detected object of its colour and shape,
+    not used by another, has box IoU >= ``min_iou`` with its box (in pixels at ``size``).
+
+    Returns ``{"found": k, "requested": n, "extra": detected objects left over, "all": every
+    requested object right and nothing else found}``.
+    """
+    unused = list(objects)
+    found = 0
+    for request in layout:
+        box = tuple(v * size for v in request.box)
+        candidates = [
+            (box_iou(box, o.box), i)
+            for i, o in enumerate(unused)
+            if (o.colour, o.shape) == (request.colour, request.shape)
+        ]
+        best = max(candidates, default=(0.0, -1))
+        if best[0] >= min_iou:
+            found += 1
+            unused.pop(best[1])
+    return {"found": found, "requested": len(layout), "extra": len(unused),
+            "all": found == len(layout) and not unused}  # fmt: skip
+
+
+def layout_accuracy(images: Any, layouts: list, min_iou: float = 0.5) -> dict[str, float]:
+    """Scores of images against the layouts they were asked for.
+
+    ``objects``: the fraction of requested objects found in their box (IoU >= ``min_iou``)
+    with the right colour and shape; ``all``: the fraction of images with every object right
+    and no other object; ``extra``: detected objects nobody asked for, per image.
+    """
+    if len(images) != len(layouts):
+        raise ValueError(f"{len(images)} images but {len(layouts)} layouts")
+    if len(layouts) == 0:
+        raise ValueError("no images to score")
+    found = requested = extra = every = 0
+    for image, layout in zip(images, layouts, strict=True):
+        size = _as_uint8_hwc(image).shape[1]
+        result = layout_matches(read_scene(image), layout, size, min_iou)
+        found += result["found"]
+        requested += result["requested"]
+        extra += result["extra"]
+        every += int(result["all"])
+    return {"objects": found / max(requested, 1), "all": every / len(layouts),
+            "extra": extra / len(layouts)}  # fmt: skip
+
+
+def label_map_iou(read: np.ndarray, wanted: np.ndarray) -> tuple[float, float]:
+    """(mean IoU over the labels in either map, background included; the same over object
+    labels only, or 1.0 when neither map has an object) of two label maps (H, W)."""
+    ious = {}
+    for label in np.union1d(np.unique(read), np.unique(wanted)):
+        inter = np.logical_and(read == label, wanted == label).sum()
+        union = np.logical_or(read == label, wanted == label).sum()
+        ious[int(label)] = inter / union
+    objects = [v for k, v in ious.items() if k != 0]
+    return float(np.mean(list(ious.values()))), float(np.mean(objects)) if objects else 1.0
+
+
+def label_map_accuracy(images: Any, maps: Any) -> dict[str, float]:
+    """How well images follow the label maps they were made from: the checker reads each
+    image's label map (:func:`read_label_map`) and compares it with the requested one.
+
+    ``miou``: per image the mean IoU over the labels present in either map, background
+    included (the usual mIoU), averaged over images; ``object_miou``: the same without the
+    background; ``pixel_accuracy``: the fraction of pixels with the requested label.
+    """
+    if len(images) != len(maps):
+        raise ValueError(f"{len(images)} images but {len(maps)} label maps")
+    if len(maps) == 0:
+        raise ValueError("no images to score")
+    mious, object_mious, accuracies = [], [], []
+    for image, wanted in zip(images, maps, strict=True):
+        wanted = np.asarray(wanted)
+        read = read_label_map(image)
+        if read.shape != wanted.shape:
+            raise ValueError(f"an image of {read.shape} but a label map of {wanted.shape}")
+        miou, object_miou = label_map_iou(read, wanted)
+        mious.append(miou)
+        object_mious.append(object_miou)
+        accuracies.append(float((read == wanted).mean()))
+    return {"miou": float(np.mean(mious)), "object_miou": float(np.mean(object_mious)),
+            "pixel_accuracy": float(np.mean(accuracies))}  # fmt: skip

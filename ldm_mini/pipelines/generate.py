@@ -1,7 +1,8 @@
 """Sampling an LDM: n images in batches, reproducible from a seed, for any condition.
 
-Taught in notebooks 06_latent_diffusion (class labels) and 07_conditioning (text prompts,
-classifier-free guidance). Calls :meth:`ldm_mini.ldm.LatentDiffusion.sample` (any sampler of
+Taught in notebooks 06_latent_diffusion (class labels), 07_conditioning (text prompts,
+classifier-free guidance) and 11_layouts_and_semantic_maps (layouts, label maps). Calls
+:meth:`ldm_mini.ldm.LatentDiffusion.sample` (any sampler of
 :mod:`ldm_mini.samplers`) batch by batch and decodes x = D(z_0 / s).
 """
 
@@ -37,6 +38,8 @@ def generate(
     progress: bool = False,
     prompts: list[str] | None = None,
     eta: float = 0.0,
+    layouts: Tensor | None = None,
+    label_maps: Tensor | None = None,
 ):
     """n images (n, C, H, W) in [-1, 1] in batches, reproducible from ``seed``.
 
@@ -44,7 +47,10 @@ def generate(
     default) to 1 (as much noise as DDPM); a stochastic sampler corrects part of an
     undertrained model's error (Karras et al. 2022, Sec. 4).
     Class-conditional models get ``labels`` (default: 0, 1, ..., K-1, 0, ...); text models
-    need ``prompts`` (n strings). Returns ``(images, labels, trajectories)``; trajectories
+    need ``prompts`` (n strings), layout models ``layouts`` (n, N, 5) from
+    :func:`ldm_mini.layouts.layouts_to_tensor`, label-map models ``label_maps`` (n, H, W) of
+    labels 0..18 at the image size (:mod:`ldm_mini.layouts`). Returns ``(images, labels,
+    trajectories)``; trajectories
     (scaled latents after each step) only for the first batch and only when
     ``return_trajectory``. ``progress``: a bar per batch over the sampler's steps, and one
     over the images when there is more than one batch.
@@ -55,8 +61,16 @@ def generate(
         raise ValueError(f"n is the number of images to generate: a positive int, got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if ldm.condition_encoder is not None and (prompts is None or len(prompts) != n):
+    if ldm.conditioning == "text" and (prompts is None or len(prompts) != n):
         raise ValueError(f"this LDM is text-conditional: pass prompts, a list of {n} strings.")
+    if ldm.conditioning == "layout" and (layouts is None or len(layouts) != n):
+        raise ValueError(f"this LDM is layout-conditional: pass layouts ({n}, N, 5).")
+    if label_maps is not None:
+        from ldm_mini.layouts import check_label_maps
+
+        label_maps = check_label_maps(label_maps, image_size)
+        if len(label_maps) != n:
+            raise ValueError(f"{len(label_maps)} label maps for {n} images: pass one per image")
     check_eta(eta)
     if eta != 0.0 and sampler != "ddim":
         raise ValueError(
@@ -77,6 +91,12 @@ def generate(
         count = min(batch_size, n - start)
         batch_labels = None if labels is None else labels[start : start + count]
         batch_prompts = None if prompts is None else list(prompts[start : start + count])
+        batch_layouts = None if layouts is None else layouts[start : start + count]
+        concat = None
+        if label_maps is not None:
+            from ldm_mini.layouts import label_map_condition
+
+            concat = label_map_condition(label_maps[start : start + count], latent)
         out, output = ldm.sample(
             count,
             (latent, latent),
@@ -84,6 +104,8 @@ def generate(
             steps=steps,
             labels=batch_labels,
             prompts=batch_prompts,
+            layouts=batch_layouts,
+            concat=concat,
             guidance=guidance,
             generator=generator,
             return_trajectory=return_trajectory and start == 0,

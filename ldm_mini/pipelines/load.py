@@ -28,11 +28,13 @@ from ldm_mini.conditioning import (
     ConditionConfig,
     TextEncoder,
     WordTokenizer,
+    build_layout_encoder,
     build_pretrained_text_encoder,
     build_text_encoder,
 )
 from ldm_mini.configs import config_from_dict
 from ldm_mini.diffusion import DiffusionConfig
+from ldm_mini.layouts import LayoutEncoder
 from ldm_mini.ldm import IdentityFirstStage, LatentDiffusion
 from ldm_mini.unet import UNet, UNetConfig
 
@@ -161,7 +163,7 @@ def _load_diffusion(path, stage: str, device: str, use_ema: bool, condition_enco
     encoder = None if condition_encoder is None else condition_encoder(config, path)
     weights = trained_weights(checkpoint, use_ema)
     _load_state(unet, weights, "unet", path)
-    if isinstance(encoder, TextEncoder):  # trained jointly: its weights are in the checkpoint
+    if isinstance(encoder, (TextEncoder, LayoutEncoder)):  # trained jointly: stored here
         _load_state(encoder, weights, "condition_encoder", path)
     schedule = config_from_dict(DiffusionConfig, config["diffusion"], "diffusion").build()
     ldm = LatentDiffusion(first_stage, unet, schedule, float(config["scale_factor"]), encoder)
@@ -169,8 +171,10 @@ def _load_diffusion(path, stage: str, device: str, use_ema: bool, condition_enco
 
 
 def _text_encoder(config: dict[str, Any], path) -> nn.Module | None:
-    """tau_theta of an LDM checkpoint's config: None unless text-conditional."""
+    """tau_theta of an LDM checkpoint's config: None unless text- or layout-conditional."""
     condition = config_from_dict(ConditionConfig, config.get("condition", {}), "condition")
+    if condition.kind == "layout":
+        return build_layout_encoder(condition)
     if condition.kind != "text":
         return None
     if not config.get("tokenizer"):

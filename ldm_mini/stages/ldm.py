@@ -31,11 +31,14 @@ from ldm_mini.conditioning import (
     ConditionConfig,
     TextEncoder,
     WordTokenizer,
+    build_layout_encoder,
     build_pretrained_text_encoder,
     build_text_encoder,
 )
 from ldm_mini.configs import Section, load_stage_preset
 from ldm_mini.data.config import DataConfig, build_dataset
+from ldm_mini.layouts import NUM_LABELS, LayoutEncoder, dataset_layouts, label_map_condition
+from ldm_mini.layouts import label_map_from_mask as _label_map_from_mask
 from ldm_mini.ldm import LatentDiffusion
 from ldm_mini.pipelines.load import load_first_stage, with_prefix
 from ldm_mini.stages.base import (
@@ -75,12 +78,19 @@ def parse_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class LatentDataset(torch.utils.data.Dataset):
-    """Cached latents s * E(x) (and labels or captions): what the U-Net trains on, encoded once."""
+    """Cached latents s * E(x) (and labels, captions, layouts or the concatenated label maps):
+    what the U-Net trains on, encoded once."""
 
     def __init__(
-        self, latents: Tensor, labels: Tensor | None, captions: list[str] | None = None
+        self,
+        latents: Tensor,
+        labels: Tensor | None,
+        captions: list[str] | None = None,
+        layouts: Tensor | None = None,
+        concat: Tensor | None = None,
     ) -> None:
         self.latents, self.labels, self.captions = latents, labels, captions
+        self.layouts, self.concat = layouts, concat
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -91,6 +101,10 @@ class LatentDataset(torch.utils.data.Dataset):
             item["label"] = self.labels[index]
         if self.captions is not None:
             item["caption"] = self.captions[index]
+        if self.layouts is not None:
+            item["layout"] = self.layouts[index]
+        if self.concat is not None:
+            item["concat"] = self.concat[index]
         return item
 
 
@@ -116,8 +130,9 @@ class LDMStage(DiffusionStage):
 
     @property
     def trains_condition_encoder(self) -> bool:
-        """True for the jointly trained TextEncoder; False without one or when it is frozen."""
-        return isinstance(self.ldm.condition_encoder, TextEncoder)
+        """True for a jointly trained TextEncoder or LayoutEncoder; False without one or when
+        it is frozen (MiniLM)."""
+        return isinstance(self.ldm.condition_encoder, (TextEncoder, LayoutEncoder))
 
     def modules(self) -> dict[str, nn.Module]:
         """The trained modules: the U-Net, and tau_theta when it is trained jointly."""
@@ -142,8 +157,10 @@ class LDMStage(DiffusionStage):
         ldm = self.ldm
         labels = batch.get("label") if ldm.num_classes is not None else None
         labels = ldm.class_labels_for_training(labels, 0.0)  # validated, not yet dropped
-        captions = batch.get("caption") if ldm.condition_encoder is not None else None
+        captions = batch.get("caption") if ldm.conditioning == "text" else None
         captions = ldm.captions_for_training(captions, z0.shape[0], 0.0)
+        layouts = batch.get("layout") if ldm.conditioning == "layout" else None
+        layouts = ldm.layouts_for_training(layouts, z0.shape[0], 0.0)
         # t, eps and the condition dropout are drawn for the whole global batch from a
         # generator fixed by (seed, step), and each process takes its slice: so N processes
         # train exactly like one (and a resumed run like an uninterrupted one)
@@ -155,9 +172,14 @@ class LDMStage(DiffusionStage):
         if captions is not None:
             drop = (torch.rand(total, generator=generator) < p)[part]
             captions = ldm.drop_captions(captions, drop)
+        if layouts is not None:
+            layouts = ldm.drop_layouts(layouts, (torch.rand(total, generator=generator) < p)[part])
+        # a label map (semantic synthesis) is concatenated and never dropped
+        concat = batch.get("concat")
         # the dropout is already applied above (drop_probability 0 here)
         return self.diffusion_loss(z0, draws, labels=labels, drop_probability=0.0,
-                                   captions=captions)  # fmt: skip
+                                   captions=captions, layouts=layouts,
+                                   concat=concat)  # fmt: skip
 
     @torch.no_grad()
     def sample_images(self, batch):
@@ -165,9 +187,13 @@ class LDMStage(DiffusionStage):
         labels = None
         if self.ldm.num_classes is not None:
             labels = batch["label"][:8].to(z0.device)
-        prompts = None
-        if self.ldm.condition_encoder is not None:
+        prompts = layouts = concat = None
+        if self.ldm.conditioning == "text":
             prompts = list(batch["caption"][:8])
+        if self.ldm.conditioning == "layout":
+            layouts = batch["layout"][:8].to(z0.device)
+        if "concat" in batch:
+            concat = batch["concat"][:8].to(z0.device)
         generator = torch.Generator(device=z0.device).manual_seed(0)
         images, _ = self.ldm.sample(
             z0.shape[0],
@@ -176,6 +202,8 @@ class LDMStage(DiffusionStage):
             steps=20,
             labels=labels,
             prompts=prompts,
+            layouts=layouts,
+            concat=concat,
             generator=generator,
         )
         return torch.cat([self.ldm.decode(z0).clamp(-1, 1), images])
@@ -191,7 +219,7 @@ class LDMStage(DiffusionStage):
         encoder = self.ldm.condition_encoder
         if encoder is None:
             return None
-        if isinstance(encoder, TextEncoder):
+        if isinstance(encoder, (TextEncoder, LayoutEncoder)):
             return encoder.tokenizer.to_dict()
         return encoder.to_dict()
 
@@ -222,6 +250,24 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
             tokenizer = WordTokenizer.from_captions(images.dataset["caption"], condition.max_length)
             model_values["context_dim"] = condition.text_dim
         model_values["num_classes"] = None
+    elif condition.kind in ("layout", "label_map"):
+        needed = {"objects"} | ({"mask"} if condition.kind == "label_map" else set())
+        if not needed <= set(images.dataset.column_names):
+            raise ValueError(
+                f"condition.kind={condition.kind!r} needs objects with boxes"
+                f"{' and masks' if condition.kind == 'label_map' else ''}: use --dataset shapes "
+                "(notebook 11)"
+            )
+        if not latents_cache_usable(parsed):
+            raise ValueError(
+                f"condition.kind={condition.kind!r} trains on cached latents: set "
+                "latents.cache=true and data.hflip=false (a flip would move the boxes)"
+            )
+        if condition.kind == "layout":
+            model_values["context_dim"] = condition.text_dim
+        else:
+            model_values["concat_channels"] = NUM_LABELS
+        model_values["num_classes"] = None
     elif condition.kind == "class":
         num_classes = condition.num_classes
         if num_classes is None:
@@ -239,6 +285,8 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
     unet = UNet(UNetConfig.from_dict(model_values))
     if condition.kind == "text" and condition_encoder is None:
         condition_encoder = build_text_encoder(condition, tokenizer)
+    if condition.kind == "layout":
+        condition_encoder = build_layout_encoder(condition)
     first_stage = first_stage.to(device)
     latents_config: LatentsConfig = parsed["latents"]
     init: DiffusionInitConfig = parsed["init"]
@@ -248,8 +296,11 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
         if isinstance(condition_encoder, TextEncoder):  # trained jointly: its weights too
             check_same_text_encoder(warm.config, condition_encoder, condition, init.checkpoint)
             condition_encoder.load_state_dict(with_prefix(warm.weights, "condition_encoder."))
+        if isinstance(condition_encoder, LayoutEncoder):
+            check_same_layout_encoder(warm.config, condition, init.checkpoint)
+            condition_encoder.load_state_dict(with_prefix(warm.weights, "condition_encoder."))
     cache = None
-    if latents_config.cache and not data.hflip:
+    if latents_cache_usable(parsed):
         start = time.perf_counter()
         cache = encode_dataset(first_stage, images, device=device)
         log.info("encoded %d images in %.1f s", len(images), time.perf_counter() - start)
@@ -264,10 +315,47 @@ def make_stage(config: dict[str, Any], device: str = "cpu"):
     dataset = images
     if cache is not None:
         captions = list(images.dataset["caption"]) if condition.kind == "text" else None
+        layouts = concat = None
+        if condition.kind == "layout":
+            layouts = dataset_layouts(
+                images.dataset["objects"], data.image_size, condition.max_objects
+            )
+        if condition.kind == "label_map":
+            concat = label_maps_condition(images.dataset, cache[0].shape[-1])
         # on the CPU: the engine moves batches
-        dataset = LatentDataset(cache[0] * scale, cache[1], captions)
+        dataset = LatentDataset(cache[0] * scale, cache[1], captions, layouts, concat)
     stage = LDMStage(ldm, parsed, first_stage_config)
     return stage, dataset, parsed["train"]
+
+
+def latents_cache_usable(parsed: dict[str, Any]) -> bool:
+    """Whether the training latents are encoded once (cache on, no random flips)."""
+    return parsed["latents"].cache and not parsed["data"].hflip
+
+
+def label_maps_condition(dataset, latent_size: int) -> Tensor:
+    """The concatenated input of every image of a shapes dataset: its label map (from the mask
+    and the objects), one-hot and area-averaged to the latent size, (N, NUM_LABELS, h, w)."""
+    maps = torch.stack([
+        _label_map_from_mask(mask, objects)
+        for mask, objects in zip(dataset["mask"], dataset["objects"], strict=True)
+    ])  # fmt: skip
+    return torch.cat([label_map_condition(part, latent_size) for part in maps.split(1000)])
+
+
+def check_same_layout_encoder(
+    source_config: dict[str, Any], condition: ConditionConfig, checkpoint: str
+) -> None:
+    """A warm start of a layout encoder needs the same grid, objects and sizes."""
+    theirs = source_config.get("condition", {})
+    keys = ("kind", "text_dim", "text_depth", "text_heads", "layout_grid", "max_objects")
+    different = [k for k in keys if theirs.get(k) != getattr(condition, k)]
+    if different:
+        raise ValueError(
+            f"init.checkpoint {checkpoint} has another layout encoder: "
+            + ", ".join(f"{k} {theirs.get(k)!r} there vs {getattr(condition, k)!r} here"
+                        for k in different)  # fmt: skip
+        )
 
 
 def check_same_text_encoder(
