@@ -300,6 +300,7 @@ def _tiny(tmp_path, kind: str):
     from ldm_mini.configs import apply_overrides
     from ldm_mini.stages.ldm import load_ldm_preset, train_ldm
 
+    torch.set_num_threads(1)
     config = apply_overrides(load_ldm_preset("tiny"), [
         'data.dataset="shapes"', SHAPES_OPTIONS, "data.limit=64",
         'first_stage.checkpoint="shipped:shapes_kl_f4"', f'condition.kind="{kind}"',
@@ -309,11 +310,22 @@ def _tiny(tmp_path, kind: str):
     return tmp_path / kind
 
 
-def test_a_layout_model_trains_loads_and_samples_with_guidance(tmp_path, one_thread):
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A tiny layout model and a tiny label-map model, trained once for this module."""
+    folder = tmp_path_factory.mktemp("layout_runs")
+    threads = torch.get_num_threads()
+    try:
+        return {kind: _tiny(folder, kind) for kind in ("layout", "label_map")}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_layout_model_trains_loads_and_samples_with_guidance(tiny_runs):
     from ldm_mini.checkpoints import load_checkpoint
     from ldm_mini.pipelines import generate, load_ldm
 
-    run = _tiny(tmp_path, "layout")
+    run = tiny_runs["layout"]
     ldm, config = load_ldm(run)
     assert ldm.conditioning == "layout" and config["tokenizer"]["kind"] == "layout"
     assert config["condition"]["max_objects"] == 2
@@ -334,12 +346,19 @@ def test_a_layout_model_trains_loads_and_samples_with_guidance(tmp_path, one_thr
         generate(ldm, 2, 32, steps=3)
     with pytest.raises(ValueError, match="layout-conditional: pass layouts only"):
         ldm.sample(2, (8, 8), steps=3, layouts=layouts, prompts=["a", "b"])
+    from ldm_mini.evaluation import evaluate_ldm
+
+    result = evaluate_ldm(run, n=6, steps=2, guidance=2.0, with_kid=False)
+    assert result["conditions"] == "6 held-out test layouts"
+    assert 0 <= result["layout_all_right"] <= result["layout_objects_right"] <= 1
+    assert result["fd"] > 0
 
 
-def test_a_label_map_model_trains_loads_and_follows_its_map(tmp_path, one_thread):
+def test_a_label_map_model_trains_loads_and_follows_its_map(tiny_runs):
     from ldm_mini.pipelines import generate, load_ldm
 
-    ldm, config = load_ldm(_tiny(tmp_path, "label_map"))
+    run = tiny_runs["label_map"]
+    ldm, config = load_ldm(run)
     assert config["model"]["concat_channels"] == NUM_LABELS
     wanted = label_map_for_layout(parse_layout(TWO), 32)
     images, _, _ = generate(ldm, 2, 32, steps=3, label_maps=torch.stack([wanted, wanted]))
@@ -350,6 +369,11 @@ def test_a_label_map_model_trains_loads_and_follows_its_map(tmp_path, one_thread
         generate(ldm, 1, 32, steps=3, label_maps=torch.zeros(1, 16, 16, dtype=torch.long))
     with pytest.raises(ValueError, match="1 label maps for 2 images"):
         generate(ldm, 2, 32, steps=3, label_maps=wanted[None])
+    from ldm_mini.evaluation import evaluate_ldm
+
+    result = evaluate_ldm(run, n=6, steps=2, with_kid=False)
+    assert result["conditions"] == "6 held-out test maps"
+    assert 0 <= result["label_map_object_miou"] <= 1 and 0 <= result["label_map_miou"] <= 1
 
 
 def test_layout_conditions_need_the_shapes_objects(tmp_path):
@@ -366,3 +390,52 @@ def test_layout_conditions_need_the_shapes_objects(tmp_path):
     ])  # fmt: skip
     with pytest.raises(ValueError, match="a flip would move the boxes"):
         train_ldm(flipped, tmp_path / "flipped", progress=False)
+
+
+def _one_line_error(capsys, fragment: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ldm-mini: error: "), err
+    assert fragment in err, err
+
+
+def test_the_sample_command_takes_layouts_and_label_maps(tiny_runs, tmp_path, capsys):
+    from ldm_mini.cli import main
+
+    layout_run, map_run = str(tiny_runs["layout"]), str(tiny_runs["label_map"])
+    common = ["--n", "2", "--sample-steps", "2", "--quiet"]
+    out = tmp_path / "layouts"
+    assert main(["sample", "--checkpoint", layout_run, *common, "--guidance", "2",
+                 "--layout", TWO, "--layout", "green triangle 0,0,1,1",
+                 "--out-dir", str(out)]) == 0  # fmt: skip
+    entries = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [e["prompt"].split()[:2] for e in entries] == [["red", "circle"], ["green", "triangle"]]
+    layout_file = tmp_path / "layout.json"
+    layout_file.write_text(json.dumps([{"colour": "red", "shape": "circle", "box": [0, 0, 1, 1]}]))
+    assert main(["sample", "--checkpoint", layout_run, *common, "--layout", str(layout_file),
+                 "--out", str(tmp_path / "grid.png")]) == 0  # fmt: skip
+    for argv, fragment in [
+        ([], "layout-conditional: give --layout"),
+        (["--layout", "red circle 0.1,0.1,1.5,0.5"], "leaves the image"),
+        (["--layout", TWO, "--layout", TWO, "--layout", TWO], "give one --layout"),
+        (["--layout", TWO, "--label-map", "map.png"], "--label-map needs a label-map checkpoint"),
+    ]:
+        capsys.readouterr()
+        assert main(["sample", "--checkpoint", layout_run, *common, *argv,
+                     "--out", str(tmp_path / "x.png")]) == 2  # fmt: skip
+        _one_line_error(capsys, fragment)
+    write_label_map(label_map_for_layout(parse_layout(TWO), 32), tmp_path / "map.png")
+    assert main(["sample", "--checkpoint", map_run, *common, "--label-map",
+                 str(tmp_path / "map.png"), "--out", str(tmp_path / "maps.png")]) == 0  # fmt: skip
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "rgb.png")
+    for argv, fragment in [
+        ([], "draws from label maps: give --label-map"),
+        (["--label-map", str(tmp_path / "rgb.png")], "is a RGB image"),
+        (["--layout", TWO], "--layout needs a layout-conditional checkpoint"),
+    ]:
+        capsys.readouterr()
+        assert main(["sample", "--checkpoint", map_run, *common, *argv,
+                     "--out", str(tmp_path / "y.png")]) == 2  # fmt: skip
+        _one_line_error(capsys, fragment)
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()

@@ -1,9 +1,12 @@
 """Measuring an LDM's samples: FD and KID against the test split, class accuracy for
-class-conditional Fashion-MNIST, conditioning accuracy for text models on shapes.
+class-conditional Fashion-MNIST, conditioning accuracy for text models on shapes, layout and
+label-map scores for layout-to-image and semantic synthesis on shapes.
 
-Taught in notebooks 06_latent_diffusion, 07_conditioning and 09_evaluation_and_f_sweep.
-Samples n images (class-balanced labels, or the test captions for a text model) and compares
-them with the first n test images.
+Taught in notebooks 06_latent_diffusion, 07_conditioning, 09_evaluation_and_f_sweep and
+11_layouts_and_semantic_maps. Samples n images (class-balanced labels, the test captions for
+a text model, the held-out test layouts or label maps for layout and label-map models) and
+compares them with the first n test images (for layouts and maps: the held-out ones, so each
+sample has its real counterpart).
 """
 
 from __future__ import annotations
@@ -67,12 +70,28 @@ def evaluate_ldm(
 
     start = time.perf_counter()
     ldm, config = load_ldm(path, device)
-    data = DataConfig(**{**config["data"], "split": "test", "limit": n, "hflip": False})
+    kind = config.get("condition", {}).get("kind")
+    spatial = kind in ("layout", "label_map")
+    values = {**config["data"], "split": "test", "limit": n, "hflip": False}
+    if spatial:  # the held-out layouts (unseen class pairs and places)
+        values["options"] = {**(values.get("options") or {}), "layouts": "heldout"}
+    data = DataConfig(**values)
     test = build_dataset(data)
     if len(test) < n:
         raise ValueError(f"the test split has only {len(test)} images; use --n {len(test)}.")
     real = torch.stack([test[i]["image"] for i in range(n)])
-    prompts = list(test.dataset["caption"][:n]) if ldm.condition_encoder is not None else None
+    prompts = list(test.dataset["caption"][:n]) if ldm.conditioning == "text" else None
+    layouts = label_maps = None
+    if spatial:
+        from ldm_mini.layouts import dataset_layouts, label_map_from_mask
+
+        objects = test.dataset["objects"][:n]
+        if kind == "layout":
+            layouts = dataset_layouts(objects, data.image_size, config["condition"]["max_objects"])
+        else:
+            masks = test.dataset["mask"][:n]
+            label_maps = torch.stack([label_map_from_mask(mask, found) for mask, found in
+                                      zip(masks, objects, strict=True)])  # fmt: skip
     sample_start = time.perf_counter()
     fake, labels, _ = generate(
         ldm,
@@ -83,6 +102,8 @@ def evaluate_ldm(
         guidance=guidance,
         seed=seed,
         prompts=prompts,
+        layouts=layouts,
+        label_maps=label_maps,
         eta=eta,
         progress=progress,
     )
@@ -116,8 +137,22 @@ def evaluate_ldm(
             class_accuracy_by_class=accuracy["per_class"],
             classifier="shipped:fashion_mnist_classifier",
         )
-    if ldm.condition_encoder is not None and data.dataset == "shapes":
+    if ldm.conditioning == "text" and data.dataset == "shapes":
         sampling = dict(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
         result.update(shapes_conditioning(ldm, n, data.image_size, **sampling, progress=progress))
+    if spatial:
+        from ldm_mini.layouts import tensor_to_layouts
+        from ldm_mini.shapes_checker import label_map_accuracy, layout_accuracy
+
+        result["conditions"] = f"{n} held-out test {'layouts' if layouts is not None else 'maps'}"
+        if layouts is not None:
+            scores = layout_accuracy(fake, tensor_to_layouts(layouts))
+            result.update(layout_all_right=scores["all"], layout_objects_right=scores["objects"],
+                          layout_extra_objects=scores["extra"])  # fmt: skip
+        else:
+            scores = label_map_accuracy(fake, [m.numpy() for m in label_maps])
+            result.update(label_map_miou=scores["miou"],
+                          label_map_object_miou=scores["object_miou"],
+                          label_map_pixel_accuracy=scores["pixel_accuracy"])  # fmt: skip
     result["seconds"] = time.perf_counter() - start
     return result
