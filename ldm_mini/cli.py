@@ -515,10 +515,25 @@ def _one_or_n(values: list, n: int, flag: str) -> list:
     return values * n if len(values) == 1 else values
 
 
-def _layouts_argument(args: argparse.Namespace, ldm, config: dict):
-    """--layout TEXT or FILE.json (repeatable) -> layouts (n, N, 5), or None."""
-    from ldm_mini.layouts import layouts_to_tensor, parse_layout, read_layouts
+def _parsed_layouts(args: argparse.Namespace) -> list:
+    """--layout TEXT or FILE.json (repeatable) -> the layouts (lists of LayoutObject)."""
+    from ldm_mini.layouts import parse_layout, read_layouts
 
+    layouts = []
+    for value in args.layout or []:
+        if value.lower().endswith(".json"):
+            layouts.extend(read_layouts(value))
+        else:
+            layouts.append(parse_layout(value))
+    return layouts
+
+
+def _layouts_argument(args: argparse.Namespace, ldm, config: dict):
+    """Layouts (n, N, 5) for a layout model, or None; --layout on other models is refused
+    (a label-map model draws its maps from them: :func:`_label_maps_argument`)."""
+    from ldm_mini.layouts import layouts_to_tensor
+
+    is_label_map_model = config.get("condition", {}).get("kind") == "label_map"
     if not args.layout:
         if ldm.conditioning == "layout":
             raise ValueError(
@@ -527,33 +542,38 @@ def _layouts_argument(args: argparse.Namespace, ldm, config: dict):
             )
         return None
     if ldm.conditioning != "layout":
-        raise ValueError("--layout needs a layout-conditional checkpoint (--condition layout)")
-    layouts = []
-    for value in args.layout:
-        if value.lower().endswith(".json"):
-            layouts.extend(read_layouts(value))
-        else:
-            layouts.append(parse_layout(value))
+        if is_label_map_model:
+            return None
+        raise ValueError(
+            "--layout needs a layout-conditional checkpoint (--condition layout) or a "
+            "label-map one (the map is drawn from the layout)"
+        )
     max_objects = int(config["condition"]["max_objects"])
-    return layouts_to_tensor(_one_or_n(layouts, args.n, "--layout"), max_objects)
+    return layouts_to_tensor(_one_or_n(_parsed_layouts(args), args.n, "--layout"), max_objects)
 
 
 def _label_maps_argument(args: argparse.Namespace, config: dict, size: int):
-    """--label-map MAP.png (repeatable) -> label maps (n, H, W), or None."""
+    """--label-map MAP.png (repeatable), or --layout drawn as a label map -> (n, H, W)."""
     import torch
 
-    from ldm_mini.layouts import read_label_map
+    from ldm_mini.layouts import label_map_for_layout, read_label_map
 
     is_label_map_model = config.get("condition", {}).get("kind") == "label_map"
     if not args.label_map:
+        if is_label_map_model and args.layout:
+            maps = [label_map_for_layout(layout, size) for layout in _parsed_layouts(args)]
+            return torch.stack(_one_or_n(maps, args.n, "--layout"))
         if is_label_map_model:
             raise ValueError(
                 "this checkpoint draws from label maps: give --label-map MAP.png (a palette PNG "
-                "of labels 0..18, as ldm_mini.layouts.write_label_map writes)"
+                "of labels 0..18, as ldm_mini.layouts.write_label_map writes) or --layout "
+                '"red circle 0.1,0.1,0.5,0.5" (the shapes drawn as a map)'
             )
         return None
     if not is_label_map_model:
         raise ValueError("--label-map needs a label-map checkpoint (--condition label_map)")
+    if args.layout:
+        raise ValueError("give --label-map or --layout, not both")
     maps = [read_label_map(path, size) for path in args.label_map]
     return torch.stack(_one_or_n(maps, args.n, "--label-map"))
 
@@ -1071,7 +1091,7 @@ def _add_sample(sub) -> None:
         action="append",
         help='layout models: "COLOUR SHAPE x0,y0,x1,y1; ..." (box corners as fractions of the '
         "image) or a .json file of objects {colour, shape, box}; once for all samples, or once "
-        "per sample",
+        "per sample. Label-map models: the layout's shapes drawn as the label map",
     )
     sample.add_argument(
         "--label-map",

@@ -429,13 +429,20 @@ def test_the_sample_command_takes_layouts_and_label_maps(tiny_runs, tmp_path, ca
     from PIL import Image
 
     Image.new("RGB", (32, 32)).save(tmp_path / "rgb.png")
+    # a layout drawn as the label map
+    assert main(["sample", "--checkpoint", map_run, *common, "--layout", TWO,
+                 "--out", str(tmp_path / "drawn.png")]) == 0  # fmt: skip
     for argv, fragment in [
         ([], "draws from label maps: give --label-map"),
         (["--label-map", str(tmp_path / "rgb.png")], "is a RGB image"),
-        (["--layout", TWO], "--layout needs a layout-conditional checkpoint"),
+        (["--label-map", str(tmp_path / "map.png"), "--layout", TWO], "not both"),
     ]:
         capsys.readouterr()
         assert main(["sample", "--checkpoint", map_run, *common, *argv,
                      "--out", str(tmp_path / "y.png")]) == 2  # fmt: skip
         _one_line_error(capsys, fragment)
-    assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", "shipped:fashion_mnist_ldm_class", *common,
+                 "--layout", TWO, "--out", str(tmp_path / "z.png")]) == 2  # fmt: skip
+    _one_line_error(capsys, "--layout needs a layout-conditional checkpoint")
+    assert not any((tmp_path / name).exists() for name in ("x.png", "y.png", "z.png"))

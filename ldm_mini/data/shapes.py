@@ -123,7 +123,7 @@ def heldout_layout_reasons(objects: list[ShapeObject], size: float) -> list[str]
     for obj in objects:
         place = quadrant(obj.box, size)
         if _hashed_out(f"place:{obj.colour} {obj.shape}@{place}"):
-            reasons.append(f"a {obj.colour} {obj.shape} in the {place}")
+            reasons.append(f"{_article(obj.colour)} {obj.colour} {obj.shape} in the {place}")
     return reasons
 
 
