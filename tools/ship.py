@@ -31,6 +31,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ldm_mini.checkpoints import (
     CheckpointError,
     export_checkpoint,
@@ -132,26 +134,41 @@ def card(title: str, config: dict[str, Any], measured: dict[str, Any], command: 
             lines += [f"### guidance w = {guidance}", ""]
         lines += ["| metric | value |", "|---|---|", *_rows(metrics), ""]
     if stage == "ldm":
-        unconditional = (config.get("condition") or {}).get("kind") == "none"
-        caption = (
-            "unconditional samples" if unconditional else "samples, one row per class or prompt"
-        )
+        kind = (config.get("condition") or {}).get("kind")
+        caption = {
+            "none": "unconditional samples",
+            "layout": "samples for the first 100 held-out test layouts, w = 1",
+            "label_map": "samples for the first 100 held-out test label maps",
+        }.get(kind, "samples, one row per class or prompt")
         lines += [f"![{caption}](samples.png)", ""]
     return "\n".join(lines)
 
 
 def sample_grid(folder: Path, device: str) -> None:
     """A 10x10 grid of an LDM's samples at w = 1 (one class per column), ``samples.png``."""
+    from ldm_mini.data import load_dataset
     from ldm_mini.pipelines import generate, load_ldm
     from ldm_mini.viz import save_image_grid
 
     ldm, config = load_ldm(folder, device)
-    prompts = None
-    if ldm.condition_encoder is not None:
-        from ldm_mini.data import load_dataset
+    size = config["data"]["image_size"]
+    conditions: dict[str, Any] = {}
+    if ldm.conditioning == "text":
+        test = load_dataset(config["data"]["dataset"], split="test")
+        conditions["prompts"] = list(test["caption"][:100])
+    kind = (config.get("condition") or {}).get("kind")
+    if kind in ("layout", "label_map"):
+        from ldm_mini.layouts import dataset_layouts, label_map_from_mask
 
-        prompts = list(load_dataset(config["data"]["dataset"], split="test")["caption"][:100])
-    images, _, _ = generate(ldm, 100, config["data"]["image_size"], seed=0, prompts=prompts)
+        held = load_dataset("shapes", split="test", num_samples=100, image_size=size,
+                            layouts="heldout")  # fmt: skip
+        if kind == "layout":
+            conditions["layouts"] = dataset_layouts(held["objects"], size,
+                                                    config["condition"]["max_objects"])  # fmt: skip
+        else:
+            pairs = zip(held["mask"], held["objects"], strict=True)
+            conditions["label_maps"] = torch.stack([label_map_from_mask(m, o) for m, o in pairs])
+    images, _, _ = generate(ldm, 100, size, seed=0, **conditions)
     save_image_grid(images, folder / "samples.png", ncols=10)
 
 
