@@ -87,12 +87,12 @@ def test_manifest_checksums_match_files_and_cards():
 
 
 def test_data_folder_stays_small():
-    # datasets about 27 MiB; shipped checkpoints about 37 MiB (weights in float16: 2.8 MiB per
-    # model of ~1.4M parameters, 12 models including the three super-resolution ones and the
-    # inpainting model with its unconditional rival); 70 MiB leaves room for a colour
-    # inpainting model. A clone also carries the history: keep old weights out of it.
+    # datasets about 27 MiB; shipped checkpoints (weights in float16: about 2.8 MiB per model of
+    # ~1.4M parameters): 12 models to 37 MiB, then the shapes inpainting model and its
+    # unconditional rival, the layout and the label-map model (about 3 MiB each); 80 MiB holds
+    # them with a few MiB to spare. A clone also carries the history: keep old weights out of it.
     total = sum(p.stat().st_size for p in (REPO / "data").rglob("*") if p.is_file())
-    assert total < 70 * 2**20, f"data/ is {total / 2**20:.1f} MiB, the budget is 70 MiB"
+    assert total < 80 * 2**20, f"data/ is {total / 2**20:.1f} MiB, the budget is 80 MiB"
 
 
 def test_list_datasets_describes_every_dataset():
