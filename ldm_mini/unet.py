@@ -10,7 +10,12 @@ DDPM / guided-diffusion, made conditional:
   :class:`~ldm_mini.attention.SpatialTransformer` lets the features attend to themselves and,
   when ``context_dim`` is set, to a context tau_theta(y) (B, M, context_dim) (text tokens);
 * **concatenation**: ``concat_channels`` extra input channels (a low-resolution image for
-  super-resolution, a mask for inpainting) are concatenated to z_t before the first conv.
+  super-resolution, a mask for inpainting) are concatenated to z_t before the first conv;
+* **coordinates** (``coordinate_channels``, our addition for layouts, notebook 11): two fixed
+  channels, x and y in [-1, 1], also concatenated before the first conv. A convolution is
+  translation-equivariant, so it learns only slowly to turn a coordinate into a place (Liu et
+  al. 2018, "CoordConv"); with them every position knows where it is, and cross-attention
+  can match a box's corner tokens to the positions inside the box.
 
 Layout (CompVis ``openaimodel.UNetModel``, shrunk): ``conv_in``; per level ``num_res_blocks``
 ResBlocks [+ transformer], then a stride-2 Downsample (not after the last level); middle
@@ -59,6 +64,16 @@ def _shape_of(value: object) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def coordinate_grid(x: Tensor) -> Tensor:
+    """(B, 2, H, W): the x and y of every position of ``x`` (B, C, H, W), from -1 to 1 at the
+    centres of the first and last pixels."""
+    batch, _, height, width = x.shape
+    ys = torch.linspace(-1.0, 1.0, height, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # (2, H, W): x, then y
+    return grid.expand(batch, -1, -1, -1)
+
+
 @dataclass
 class UNetConfig:
     """Hyper-parameters of the U-Net; JSON round trip via ``to_dict`` / ``from_dict``.
@@ -72,7 +87,8 @@ class UNetConfig:
     ``channels // heads``. ``context_dim``: cross-attention to a context (B, M, context_dim) in
     every transformer. ``num_classes``: labels 0..num_classes-1, plus ``num_classes`` itself as
     the null label of classifier-free guidance. ``concat_channels``: extra input channels
-    concatenated to x_t. ``transformer_depth``: transformer blocks per SpatialTransformer.
+    concatenated to x_t. ``coordinate_channels``: two fixed channels (x, y in [-1, 1])
+    concatenated to x_t too. ``transformer_depth``: transformer blocks per SpatialTransformer.
     ``transformer_feed_forward``: False drops the GEGLU MLP from every transformer block
     (attention only, as the DDPM/ADM U-Net and the paper's unconditional LDMs).
     """
@@ -89,6 +105,7 @@ class UNetConfig:
     context_dim: int | None = None
     num_classes: int | None = None
     concat_channels: int = 0
+    coordinate_channels: bool = False
     transformer_depth: int = 1
     transformer_feed_forward: bool = True
 
@@ -112,6 +129,10 @@ class UNetConfig:
             raise ValueError(
                 f"transformer_feed_forward must be true or false, "
                 f"got {self.transformer_feed_forward!r}."
+            )
+        if not isinstance(self.coordinate_channels, bool):
+            raise ValueError(
+                f"coordinate_channels must be true or false, got {self.coordinate_channels!r}."
             )
         if not is_int(self.concat_channels) or self.concat_channels < 0:
             raise ValueError(
@@ -335,8 +356,10 @@ class UNet(nn.Module):
                 feed_forward=config.transformer_feed_forward,
             )
 
+        coordinates = 2 if config.coordinate_channels else 0
         self.conv_in = nn.Conv2d(
-            config.in_channels + config.concat_channels, base, kernel_size=3, padding=1
+            config.in_channels + config.concat_channels + coordinates, base, kernel_size=3,
+            padding=1,
         )
         channels = base
         skip_channels = [channels]
@@ -564,6 +587,8 @@ class UNet(nn.Module):
         if concat is not None:
             # the concatenation condition: [z_t, c] along channels
             x = torch.cat([x, concat.to(x.dtype)], dim=1)
+        if self.config.coordinate_channels:
+            x = torch.cat([x, coordinate_grid(x)], dim=1)
 
         h = self.conv_in(x)
         skips = [h]

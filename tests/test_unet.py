@@ -439,3 +439,32 @@ def test_an_empty_or_fully_masked_context_is_rejected():
         model(x, t, context=torch.randn(2, 0, 6))
     mask[1, 2] = True
     assert model(x, t, context=context, key_padding_mask=mask).shape == (2, 2, 8, 8)
+
+
+def test_coordinate_channels_tell_each_position_where_it_is():
+    from ldm_mini.unet import coordinate_grid
+
+    grid = coordinate_grid(torch.zeros(2, 3, 4, 8))
+    assert grid.shape == (2, 2, 4, 8)
+    # channel 0 is x (left -1 to right 1), channel 1 is y (top -1 to bottom 1)
+    assert torch.allclose(grid[0, 0, 0], torch.linspace(-1, 1, 8))
+    assert torch.allclose(grid[0, 1, :, 0], torch.linspace(-1, 1, 4))
+    torch.manual_seed(0)
+    config = dict(in_channels=2, out_channels=2, base_channels=16, channel_mult=(1,),
+                  attention_levels=(), num_res_blocks=1)  # fmt: skip
+    plain = UNet(UNetConfig(**config))
+    placed = UNet(UNetConfig(**config, coordinate_channels=True))
+    assert placed.conv_in.in_channels == plain.conv_in.in_channels + 2
+    for model in (plain, placed):  # outputs are zero at init: make them depend on the input
+        torch.nn.init.normal_(model.conv_out.weight, std=0.1)
+    # a constant input: a convolution sees the same thing everywhere except at the border;
+    # with coordinates the interior positions differ too
+    x = torch.ones(1, 2, 16, 16)
+    interior = slice(4, 12)
+    plain_out = plain(x, torch.tensor([10]))[0, :, interior, interior]
+    placed_out = placed(x, torch.tensor([10]))[0, :, interior, interior]
+    assert plain_out.std(dim=(1, 2)).max() < 1e-5
+    assert placed_out.std(dim=(1, 2)).min() > 1e-4
+    assert UNetConfig.from_dict({**config, "coordinate_channels": True}).coordinate_channels
+    with pytest.raises(ValueError, match="coordinate_channels must be true or false"):
+        UNetConfig(**config, coordinate_channels="yes")
