@@ -82,7 +82,9 @@ def test_shipped_inpainting_matches_its_card_and_fills(path: Path, one_thread):
     assert not (path / "trainer_state.pt").exists()
     ldm, loaded = load_inpaint(path)
     assert loaded["shipped_weights"] == "ema"
-    test = TensorImageDataset(load_dataset("fashion_mnist", split="test"), image_size=32)
+    data = loaded["data"]
+    test = TensorImageDataset(load_dataset(data["dataset"], split="test",
+                                           **(data["options"] or {})), image_size=32)  # fmt: skip
     images = torch.stack([test[i]["image"] for i in range(4)])
     masks, _ = heldout_masks(4, 32)
     filled = inpaint(ldm, images, masks, steps=4, seed=0)
