@@ -15,6 +15,7 @@ from ldm_mini.autoencoder import DiagonalGaussianDistribution
 from ldm_mini.checks import EXERCISES, ExerciseCheckFailed, ExerciseNotImplemented
 from ldm_mini.diffusion import NoiseSchedule
 from ldm_mini.inpainting import blend_step, inpainting_condition, latent_mask, paste
+from ldm_mini.layouts import LayoutTokenizer, label_map_condition
 from ldm_mini.ldm import slerp
 from ldm_mini.losses import hinge_d_loss
 from ldm_mini.superres.concat import unet_input
@@ -158,6 +159,14 @@ def kernel(sigma_x, sigma_y, angle, size):
 
 
 # --- (checker, correct version, [(wrong version, words the message must contain), ...]) ---
+
+def _box_tokens(layouts, grid):
+    return LayoutTokenizer(grid, layouts.shape[1]).encode(layouts)[0]
+
+
+def _one_hot(maps):
+    return rearrange(F.one_hot(maps, 19).float(), "b h w c -> b c h w")
+
 
 CASES = {
     "kl": (
@@ -418,6 +427,24 @@ CASES = {
             ),
         ],
     ),
+    "box_tokens": (
+        _box_tokens,
+        [
+            (lambda layouts, grid: _box_tokens(layouts[..., [0, 2, 1, 4, 3]], grid), "swapped"),
+            (lambda layouts, grid: _box_tokens(layouts.clamp(min=0), grid), "padding"),
+            (lambda layouts, grid: _box_tokens(layouts, grid)[:, 1:], "expected (3, 7)"),
+        ],
+    ),
+    "label_map_input": (
+        label_map_condition,
+        [
+            (lambda maps, size: _one_hot(maps)[..., :: maps.shape[-1] // size,
+                                               :: maps.shape[-1] // size], "nearest"),
+            (lambda maps, size: F.adaptive_max_pool2d(_one_hot(maps), size), "max-pool"),
+            (lambda maps, size: F.adaptive_avg_pool2d(F.one_hot(maps, 19).float(), size),
+             "channel axis"),
+        ],
+    ),
 }
 
 
@@ -436,6 +463,7 @@ def test_every_exercise_has_cases_and_every_notebook_two_to_four():
         "07_cross_attention_conditioning",
         "08_super_resolution",
         "10_inpainting",
+        "11_layouts_and_semantic_maps",
     ]
     assert all(2 <= count <= 4 for count in per_notebook.values()), per_notebook
 
@@ -483,3 +511,5 @@ def test_the_package_versions_pass_too():
     checks.check_inpainting_condition(inpainting_condition)
     checks.check_paste(paste)
     checks.check_blend_step(blend_step)
+    checks.check_box_tokens(_box_tokens)
+    checks.check_label_map_input(label_map_condition)

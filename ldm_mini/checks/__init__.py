@@ -1,4 +1,4 @@
-"""Exercise checkers: one per exercise of notebooks 01-08 and 10.
+"""Exercise checkers: one per exercise of notebooks 01-08, 10 and 11.
 
 Each notebook's exercise is a function the learner writes between nbgrader-style markers
 (``### BEGIN SOLUTION`` / ``### END SOLUTION``), followed by a check cell such as
@@ -38,6 +38,7 @@ from ldm_mini.checks.diffusion import (
     check_x0_from_eps,
 )
 from ldm_mini.checks.inpaint import check_blend_step, check_inpainting_condition, check_paste
+from ldm_mini.checks.layouts import check_box_tokens, check_label_map_input
 from ldm_mini.checks.ldm import check_ldm_loss, check_scale_factor, check_slerp
 from ldm_mini.checks.superres import check_gaussian_kernel, check_unet_input
 from ldm_mini.checks.unet import check_attention, check_film, check_timestep_embedding
@@ -68,6 +69,8 @@ EXERCISES: dict[str, tuple[str, Callable[[Callable], None]]] = {
     "inpainting_condition": ("10_inpainting", check_inpainting_condition),
     "paste": ("10_inpainting", check_paste),
     "blend_step": ("10_inpainting", check_blend_step),
+    "box_tokens": ("11_layouts_and_semantic_maps", check_box_tokens),
+    "label_map_input": ("11_layouts_and_semantic_maps", check_label_map_input),
 }
 
 __all__ = ["EXERCISES", "ExerciseCheckFailed", "ExerciseNotImplemented"] + [
