@@ -434,6 +434,18 @@ class LatentDiffusion(nn.Module):
         )
 
     # -- sampling ------------------------------------------------------------------------
+    def _guided_by_encoder(self, condition, guidance: float) -> tuple[dict[str, Tensor], nn.Module]:
+        """tau_theta(y) for the prompts or layouts (encoder in eval mode) and the U-Net wrapped
+        in classifier-free guidance against the encoder's null condition."""
+        encoder_was_training = self.condition_encoder.training
+        self.condition_encoder.eval()
+        try:
+            kwargs = self.encode_condition(condition)
+            null = self.encode_condition(self.condition_encoder.null_condition(1))
+        finally:
+            self.condition_encoder.train(encoder_was_training)
+        return kwargs, ClassifierFreeGuidance(self.unet, guidance, null)
+
     @torch.no_grad()
     def sample(
         self,
@@ -494,14 +506,7 @@ class LatentDiffusion(nn.Module):
                     f"this LDM is layout-conditional: pass layouts ({num_samples}, N, 5) "
                     "(ldm_mini.layouts.layouts_to_tensor)."
                 )
-            encoder_was_training = self.condition_encoder.training
-            self.condition_encoder.eval()
-            try:
-                kwargs = self.encode_condition(layouts)
-                null = self.encode_condition(self.condition_encoder.null_condition(1))
-            finally:
-                self.condition_encoder.train(encoder_was_training)
-            model = ClassifierFreeGuidance(self.unet, guidance, null)
+            kwargs, model = self._guided_by_encoder(layouts, guidance)
         elif layouts is not None:
             raise ValueError("this LDM has no layout encoder: no layouts.")
         elif self.condition_encoder is not None:
@@ -512,14 +517,7 @@ class LatentDiffusion(nn.Module):
                     f"this LDM is text-conditional: pass prompts, a list of {num_samples} strings "
                     '("" is the unconditional prompt).'
                 )
-            encoder_was_training = self.condition_encoder.training
-            self.condition_encoder.eval()
-            try:
-                kwargs = self.encode_condition(prompts)
-                null = self.encode_condition(self.condition_encoder.null_condition(1))
-            finally:
-                self.condition_encoder.train(encoder_was_training)
-            model = ClassifierFreeGuidance(self.unet, guidance, null)
+            kwargs, model = self._guided_by_encoder(prompts, guidance)
         elif prompts is not None:
             raise ValueError("this LDM has no text encoder: no prompts.")
         elif self.num_classes is not None:
