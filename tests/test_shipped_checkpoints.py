@@ -170,6 +170,22 @@ def test_shipped_ldm_matches_its_card_and_samples(path: Path, one_thread):
         images, _, _ = generate(ldm, 4, 32, steps=4, seed=0, prompts=prompts)
         again, _, _ = generate(ldm, 4, 32, steps=4, seed=0, prompts=prompts)
         assert torch.equal(images, again), "the same seed and prompts give the same images"
+    elif config["condition"]["kind"] in ("layout", "label_map"):
+        from ldm_mini.layouts import label_map_for_layout, layouts_to_tensor, parse_layout
+
+        # the card shows the scores on held-out layouts or maps (evaluate ldm's keys)
+        keys = ("layout_all_right", "layout_objects_right") if config["condition"]["kind"] == \
+            "layout" else ("label_map_miou", "label_map_object_miou")  # fmt: skip
+        for key in keys:
+            assert f"| {key} | {measured[key]:.4g} |" in card, key
+        layout = parse_layout("red circle 0.1,0.1,0.45,0.45; blue square 0.55,0.5,0.95,0.9")
+        if config["condition"]["kind"] == "layout":
+            condition = {"layouts": layouts_to_tensor([layout] * 4, 2), "guidance": 2.0}
+        else:
+            condition = {"label_maps": label_map_for_layout(layout, 32)[None].repeat(4, 1, 1)}
+        images, _, _ = generate(ldm, 4, 32, steps=4, seed=0, **condition)
+        again, _, _ = generate(ldm, 4, 32, steps=4, seed=0, **condition)
+        assert torch.equal(images, again)
     elif config["condition"]["kind"] == "none":
         assert ldm.num_classes is None and ldm.condition_encoder is None
         images, labels, _ = generate(ldm, 4, 32, steps=4, seed=0)
