@@ -209,10 +209,14 @@ class UNetConfig:
         return self.heads, channels // self.heads
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict (tuples become lists)."""
+        """A JSON-serialisable dict (tuples become lists). ``coordinate_channels`` appears only
+        when true, so the configs of U-Nets without it stay as they were before the field
+        existed (a run folder from then resumes: its model configuration is compared)."""
         out = dataclasses.asdict(self)
         out["channel_mult"] = list(out["channel_mult"])
         out["attention_levels"] = list(out["attention_levels"])
+        if not out["coordinate_channels"]:
+            del out["coordinate_channels"]
         return out
 
     @classmethod
