@@ -261,7 +261,8 @@ class LayoutTokenizer:
         """Readable names of one layout's (N, 5) tokens: '<start>', 'red circle', 'tl 3,4'..."""
         ids, mask = self.encode(layout[None])
         names = []
-        for token, real in zip(ids[0].tolist(), mask[0].tolist(), strict=True):
+        for index, (token, real) in enumerate(zip(ids[0].tolist(), mask[0].tolist(),
+                                                   strict=True)):  # fmt: skip
             if not real:
                 names.append("<pad>")
             elif token == START:
@@ -269,12 +270,10 @@ class LayoutTokenizer:
             elif token < self.cell_offset:
                 names.append(CLASS_NAMES[token - self.class_offset])
             else:
+                # after each class token: its top-left, then its bottom-right corner
                 cell = token - self.cell_offset
-                names.append(f"cell {cell % self.grid},{cell // self.grid}")
-        # corners alternate top-left, bottom-right after each class
-        for index in range(1, len(names)):
-            if names[index].startswith("cell"):
-                names[index] = ("tl " if index % 3 == 2 else "br ") + names[index][5:]
+                corner = "tl" if index % 3 == 2 else "br"
+                names.append(f"{corner} {cell % self.grid},{cell // self.grid}")
         return names
 
     def to_dict(self) -> dict[str, Any]:
@@ -349,6 +348,12 @@ def label_map_from_mask(mask: Any, objects: list[dict]) -> Tensor:
     for k, obj in enumerate(objects, start=1):
         lookup[k] = CLASS_NAMES.index(f"{obj['colour']} {obj['shape']}") + 1
     return lookup[numbers]
+
+
+def dataset_label_maps(dataset) -> Tensor:
+    """The label maps (N, H, W) of a shapes dataset, from its ``mask`` and ``objects``."""
+    pairs = zip(dataset["mask"], dataset["objects"], strict=True)
+    return torch.stack([label_map_from_mask(mask, objects) for mask, objects in pairs])
 
 
 def check_label_maps(maps: Tensor, size: int | None = None) -> Tensor:

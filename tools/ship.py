@@ -31,8 +31,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ldm_mini.checkpoints import (
     CheckpointError,
     export_checkpoint,
@@ -158,7 +156,7 @@ def sample_grid(folder: Path, device: str) -> None:
         conditions["prompts"] = list(test["caption"][:100])
     kind = (config.get("condition") or {}).get("kind")
     if kind in ("layout", "label_map"):
-        from ldm_mini.layouts import dataset_layouts, label_map_from_mask
+        from ldm_mini.layouts import dataset_label_maps, dataset_layouts
 
         held = load_dataset("shapes", split="test", num_samples=100, image_size=size,
                             layouts="heldout")  # fmt: skip
@@ -166,8 +164,7 @@ def sample_grid(folder: Path, device: str) -> None:
             conditions["layouts"] = dataset_layouts(held["objects"], size,
                                                     config["condition"]["max_objects"])  # fmt: skip
         else:
-            pairs = zip(held["mask"], held["objects"], strict=True)
-            conditions["label_maps"] = torch.stack([label_map_from_mask(m, o) for m, o in pairs])
+            conditions["label_maps"] = dataset_label_maps(held)
     images, _, _ = generate(ldm, 100, size, seed=0, **conditions)
     save_image_grid(images, folder / "samples.png", ncols=10)
 

@@ -83,15 +83,13 @@ def evaluate_ldm(
     prompts = list(test.dataset["caption"][:n]) if ldm.conditioning == "text" else None
     layouts = label_maps = None
     if spatial:
-        from ldm_mini.layouts import dataset_layouts, label_map_from_mask
+        from ldm_mini.layouts import dataset_label_maps, dataset_layouts
 
         objects = test.dataset["objects"][:n]
         if kind == "layout":
             layouts = dataset_layouts(objects, data.image_size, config["condition"]["max_objects"])
         else:
-            masks = test.dataset["mask"][:n]
-            label_maps = torch.stack([label_map_from_mask(mask, found) for mask, found in
-                                      zip(masks, objects, strict=True)])  # fmt: skip
+            label_maps = dataset_label_maps(test.dataset.select(range(n)))
     sample_start = time.perf_counter()
     fake, labels, _ = generate(
         ldm,

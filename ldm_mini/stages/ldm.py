@@ -37,8 +37,13 @@ from ldm_mini.conditioning import (
 )
 from ldm_mini.configs import Section, load_stage_preset
 from ldm_mini.data.config import DataConfig, build_dataset
-from ldm_mini.layouts import NUM_LABELS, LayoutEncoder, dataset_layouts, label_map_condition
-from ldm_mini.layouts import label_map_from_mask as _label_map_from_mask
+from ldm_mini.layouts import (
+    NUM_LABELS,
+    LayoutEncoder,
+    dataset_label_maps,
+    dataset_layouts,
+    label_map_condition,
+)
 from ldm_mini.ldm import LatentDiffusion
 from ldm_mini.pipelines.load import load_first_stage, with_prefix
 from ldm_mini.stages.base import (
@@ -336,10 +341,7 @@ def latents_cache_usable(parsed: dict[str, Any]) -> bool:
 def label_maps_condition(dataset, latent_size: int) -> Tensor:
     """The concatenated input of every image of a shapes dataset: its label map (from the mask
     and the objects), one-hot and area-averaged to the latent size, (N, NUM_LABELS, h, w)."""
-    maps = torch.stack([
-        _label_map_from_mask(mask, objects)
-        for mask, objects in zip(dataset["mask"], dataset["objects"], strict=True)
-    ])  # fmt: skip
+    maps = dataset_label_maps(dataset)
     return torch.cat([label_map_condition(part, latent_size) for part in maps.split(1000)])
 
 
