@@ -294,10 +294,18 @@ class LayoutEncoder(nn.Module):
     """tau_theta for layouts: (B, N, 5) -> tokens (B, 1 + 3N, dim) and their mask.
 
     Token embeddings are learned; a grid cell's embedding also gets the fixed Fourier features
-    of the cell's centre (scaled like the learned ones). A transformer (``depth`` layers with
-    masked self-attention, as :class:`~ldm_mini.conditioning.TextEncoder`) lets each object's
-    tokens see the others; a final LayerNorm.
+    of the cell's centre (scaled like the learned ones). Each of an object's three tokens also
+    gets the object's own embedding: its class token's embedding plus a learned projection of
+    the Fourier features of its two corners (as GLIGEN's grounding tokens, Li et al. 2023), so
+    every token says what the object is and where, and a U-Net query finds the object at its
+    place in one attention step: with the paper's tokens alone, the U-Net must combine three
+    tokens to know which class is where, and in 2,000 steps on shapes it put 2% of held-out
+    objects in their boxes. A transformer (``depth`` layers with masked self-attention, as
+    :class:`~ldm_mini.conditioning.TextEncoder`) lets each object's tokens see the others; a
+    final LayerNorm.
     """
+
+    BOX_FEATURES = 32  # Fourier features per corner
 
     def __init__(
         self, tokenizer: LayoutTokenizer, dim: int = 128, depth: int = 2, heads: int = 4
@@ -316,6 +324,10 @@ class LayoutEncoder(nn.Module):
         features = torch.zeros(len(tokenizer), dim)
         features[tokenizer.cell_offset :] = 0.02 * fourier_features(centres, dim)
         self.register_buffer("cell_features", features, persistent=False)
+        # the corners' Fourier features: 8 frequencies per axis, (x0, y0) and (x1, y1)
+        self.box_projection = nn.Linear(2 * self.BOX_FEATURES, dim)
+        nn.init.normal_(self.box_projection.weight, std=0.02)
+        nn.init.zeros_(self.box_projection.bias)
         self.layers = nn.ModuleList(TextEncoderLayer(dim, heads) for _ in range(depth))
         self.final_norm = nn.LayerNorm(dim)
 
@@ -325,11 +337,27 @@ class LayoutEncoder(nn.Module):
         table[..., 0] = EMPTY
         return table
 
+    def object_embeddings(self, layouts: Tensor, length: int) -> Tensor:
+        """(B, N, 5) layouts -> (B, length, dim): on each of an object's three tokens
+        E[class] + W gamma(x0, y0, x1, y1); 0 on ``<start>``, padding and empty slots."""
+        present = layouts[..., 0] != EMPTY
+        classes = layouts[..., 0].clamp(min=0).long() + self.tokenizer.class_offset
+        corners = rearrange(layouts[..., 1:5], "b n (c a) -> (b n c) a", a=2)
+        box = rearrange(fourier_features(corners, self.BOX_FEATURES), "(b n c) f -> b n (c f)",
+                        b=layouts.shape[0], c=2)  # fmt: skip
+        objects = (self.token_embedding(classes) + self.box_projection(box)) * present[..., None]
+        tokens = objects.repeat_interleave(3, dim=1)  # class, top-left, bottom-right
+        # <start> first, padding after
+        return F.pad(tokens, (0, 0, 1, length - 1 - tokens.shape[1]))
+
     def forward(self, layouts: Tensor) -> tuple[Tensor, Tensor]:
         device = self.token_embedding.weight.device
-        ids, mask = self.tokenizer.encode(layouts.to(device))
-        # h_0 = E[ids] + Fourier(cell centre) for cell tokens + E_position
+        layouts = layouts.to(device)
+        ids, mask = self.tokenizer.encode(layouts)
+        # h_0 = E[ids] + Fourier(cell centre) for cell tokens + E_position + the object's own
+        # embedding on each of its tokens
         x = self.token_embedding(ids) + self.cell_features[ids] + self.position_embedding
+        x = x + self.object_embeddings(layouts, ids.shape[1])
         for layer in self.layers:
             x = layer(x, mask)
         return self.final_norm(x), mask

@@ -169,6 +169,24 @@ def test_the_layout_encoder_ignores_empty_slots_and_sees_every_object():
     assert not torch.allclose(tokens[:, :4], with_two[:, :4], atol=1e-4)
 
 
+def test_each_object_token_carries_its_object_class_and_exact_box():
+    torch.manual_seed(0)
+    encoder = LayoutEncoder(LayoutTokenizer(16, 2), dim=32, depth=1, heads=4)
+    layouts = layouts_to_tensor([parse_layout(TWO), parse_layout("red circle 0.1,0.1,0.5,0.5")], 2)
+    embeddings = encoder.object_embeddings(layouts, 7)
+    assert embeddings.shape == (2, 7, 32)
+    assert (embeddings[:, 0] == 0).all() and (embeddings[1, 4:] == 0).all()  # start, empty slot
+    # the same embedding on an object's three tokens, other objects' differ
+    assert torch.equal(embeddings[0, 1], embeddings[0, 3])
+    assert torch.equal(embeddings[0, 4], embeddings[0, 6])
+    assert not torch.allclose(embeddings[0, 1], embeddings[0, 4])
+    # a box moved within the same grid cells changes it (the cell tokens alone would not)
+    moved = layouts.clone()
+    moved[0, 0, 1:] += 0.01
+    assert torch.equal(encoder.tokenizer.encode(moved)[0], encoder.tokenizer.encode(layouts)[0])
+    assert not torch.allclose(encoder.object_embeddings(moved, 7)[0, 1], embeddings[0, 1])
+
+
 def test_neighbouring_cells_start_closer_than_far_ones():
     features = fourier_features(torch.tensor([[0.50, 0.50], [0.53, 0.50], [0.95, 0.10]]), 32)
     near = (features[0] - features[1]).norm()
