@@ -407,14 +407,26 @@ class DiagonalGaussianDistribution:
         self.std = torch.exp(0.5 * self.logvar)
         self.var = torch.exp(self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """z = mean + sigma * eps, eps ~ N(0, I) (reparameterisation; differentiable)."""
-        eps = torch.randn(
-            self.mean.shape,
-            generator=generator,
-            device=generator.device if generator is not None else self.mean.device,
-            dtype=self.mean.dtype,
-        ).to(self.mean.device)
+    def sample(
+        self, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> Tensor:
+        """z = mean + sigma * eps, eps ~ N(0, I) (reparameterisation; differentiable).
+
+        ``noise``: eps itself (the mean's shape), e.g. drawn for a global batch; else drawn here.
+        """
+        if noise is not None:
+            if noise.shape != self.mean.shape:
+                raise ValueError(
+                    f"noise has shape {tuple(noise.shape)}, the posterior {tuple(self.mean.shape)}"
+                )
+            eps = noise.to(self.mean.device, self.mean.dtype)
+        else:
+            eps = torch.randn(
+                self.mean.shape,
+                generator=generator,
+                device=generator.device if generator is not None else self.mean.device,
+                dtype=self.mean.dtype,
+            ).to(self.mean.device)
         # z = mu + sigma * eps
         return self.mean + self.std * eps
 
@@ -478,10 +490,12 @@ class AutoencoderKL(nn.Module):
         x: Tensor,
         sample_posterior: bool = True,
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> AutoencoderOutput:
-        """Encode, sample z ~ q(z|x) (or take its mean), decode; with the KL term."""
+        """Encode, sample z ~ q(z|x) (or take its mean), decode; with the KL term.
+        ``noise``: the posterior sample's eps (B, c, h, w), else drawn from ``generator``."""
         posterior = self.encode(x)
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        z = posterior.sample(generator, noise) if sample_posterior else posterior.mode()
         reconstruction = self.decode(z)
         # L_reg = E_batch[ KL(q(z|x) || N(0, I)) ]  (unweighted; the loss scales it)
         kl = posterior.kl().mean()
@@ -660,9 +674,10 @@ class AutoencoderVQ(nn.Module):
         x: Tensor,
         sample_posterior: bool = True,
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> AutoencoderOutput:
-        """Encode, quantise, decode. ``sample_posterior`` and ``generator`` are ignored."""
-        del sample_posterior, generator  # VQ is deterministic; kept for a shared interface.
+        """Encode, quantise, decode. ``sample_posterior``, ``generator``, ``noise`` are ignored."""
+        del sample_posterior, generator, noise  # VQ is deterministic; a shared interface.
         z = self.encode(x)
         z_q, losses, indices = self.quantize(z)
         reconstruction = self.decode(z_q)

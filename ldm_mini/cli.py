@@ -157,7 +157,7 @@ def _run_training(args: argparse.Namespace, config: dict, flags: dict[str, objec
     processes on gloo).
     """
     from ldm_mini.configs import apply_overrides
-    from ldm_mini.train import init_distributed_from_env
+    from ldm_mini.distributed import init_distributed_from_env
 
     overrides = list(args.set)
     overrides += [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ldm_mini.configs import config_from_dict
+from ldm_mini.distributed import all_reduce_mean, distributed_rank_and_size
 from ldm_mini.perceptual import BACKBONES, PerceptualDistance
 
 __all__ = [
@@ -162,6 +163,10 @@ def adaptive_weight(
             "adaptive_weight: a loss does not depend on last_layer. Pass the weight of the "
             "decoder's final layer, the one that produced the reconstruction."
         )
+    _, world_size = distributed_rank_and_size()
+    if world_size > 1:  # the global batch's gradients: the mean of the processes' (linear)
+        rec_grad, gan_grad = rec_grad.detach().clone(), gan_grad.detach().clone()
+        all_reduce_mean([rec_grad, gan_grad], world_size)
     # lambda = ||grad_{G_L} L_rec|| / (||grad_{G_L} L_GAN|| + delta), clamped to [0, max_weight]
     weight = rec_grad.norm() / (gan_grad.norm() + delta)
     return weight.clamp(0.0, max_weight).detach()

@@ -9,7 +9,9 @@ checkpoints, and resume that reproduces the uninterrupted run exactly (on the sa
 Reproducibility: the batch of step ``s`` is fixed by ``(seed, s)`` (an epoch-wise random
 permutation of the dataset), learning rates are a function of the step, and the torch RNG
 state is saved in every checkpoint. So N steps, save, load, N more steps gives the same
-weights and losses as 2N steps in one go. Taught in notebook 01_perceptual_autoencoder.
+weights and losses as 2N steps in one go. Under ``torchrun`` the same loop runs on every
+process, with DistributedDataParallel averaging the gradients (:mod:`ldm_mini.distributed`).
+Taught in notebook 01_perceptual_autoencoder.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,15 @@ from ldm_mini.checkpoints import (
     save_checkpoint,
 )
 from ldm_mini.configs import config_from_dict
+from ldm_mini.distributed import (
+    DistributedModules,
+    StepBatches,
+    all_reduce_mean,
+    distributed_rank_and_size,
+)
 from ldm_mini.environment import pick_device
+
+GRADIENT_SYNCS = ("ddp", "per_tensor")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -96,45 +106,6 @@ class TrainConfig:
 
 class TrainingDivergedError(RuntimeError):
     """A loss became NaN or infinite; the last good weights were saved."""
-
-
-def distributed_rank_and_size() -> tuple[int, int]:
-    """(rank, world size) of this process: (0, 1) unless torch.distributed is initialised."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed_from_env() -> bool:
-    """Join the process group that ``torchrun`` describes (WORLD_SIZE > 1 in the environment).
-
-    Backend nccl on CUDA, gloo otherwise; each process uses GPU ``LOCAL_RANK`` when there are
-    GPUs. Returns True when a group was joined. Launch e.g.
-    ``torchrun --nproc_per_node=2 -m ldm_mini train-ldm ...``.
-    """
-    import os
-
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
-    return True
-
-
-def _all_reduce_mean(tensors: list[torch.Tensor], world_size: int) -> None:
-    """Average tensors in place over all processes (what DistributedDataParallel does to
-    gradients: every process then takes the same optimizer step)."""
-    import torch.distributed as dist
-
-    for tensor in tensors:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor.div_(world_size)
 
 
 class ExponentialMovingAverage:
@@ -298,34 +269,6 @@ def _permutation(num_items: int, seed: int, epoch: int) -> list[int]:
     return _PERMUTATIONS[key]
 
 
-class _StepBatches(torch.utils.data.Sampler):
-    """Yields the index lists of steps ``first_step .. last_step``."""
-
-    def __init__(
-        self,
-        first_step: int,
-        last_step: int,
-        batch_size: int,
-        num_items: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        self.steps = range(first_step, last_step + 1)
-        self.batch_size, self.num_items, self.seed = batch_size, num_items, seed
-        self.rank, self.world_size = rank, world_size
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        local = self.batch_size // self.world_size
-        for step in self.steps:
-            indices = batch_indices(step, self.batch_size, self.num_items, self.seed)[0]
-            # process r of W takes the r-th contiguous slice of the global batch
-            yield indices[self.rank * local : (self.rank + 1) * local]
-
-
 def _to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
     return {
         k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
@@ -349,13 +292,20 @@ class Trainer:
         out: str | Path,
         resume: bool = True,
         progress: bool = True,
+        gradient_sync: str = "ddp",
     ) -> None:
+        """``gradient_sync``: how W > 1 processes average gradients: ``ddp``
+        (DistributedDataParallel: buckets, overlapped with the backward pass) or
+        ``per_tensor`` (one all-reduce per gradient after it; kept for the benchmark)."""
         if len(dataset) == 0:
             raise ValueError("the training dataset is empty")
         self.stage, self.dataset, self.config = stage, dataset, config
         self.out = Path(out)
         self.progress = progress
         self.rank, self.world_size = distributed_rank_and_size()
+        if gradient_sync not in GRADIENT_SYNCS:
+            raise ValueError(f"gradient_sync must be in {GRADIENT_SYNCS}, got {gradient_sync!r}")
+        self.gradient_sync = gradient_sync
         if config.batch_size % self.world_size:
             raise ValueError(
                 f"batch_size {config.batch_size} (the global batch) must be divisible by the "
@@ -383,12 +333,15 @@ class Trainer:
                     f"ema_decay is set but the {stage.name} stage has no EMA module; "
                     "set train.ema_decay=null."
                 )
-            self.ema = ExponentialMovingAverage(ema_module, config.ema_decay)
+            if self.rank == 0:  # the average is kept, sampled and saved by process 0 only
+                self.ema = ExponentialMovingAverage(ema_module, config.ema_decay)
         torch.manual_seed(config.seed)
-        recover_interrupted_save(self.out / "checkpoint")
-        if self.rank == 0:  # a save killed before its renames left a temporary folder: unused
+        if self.rank == 0:  # process 0 alone writes in out/; the others wait for it
+            recover_interrupted_save(self.out / "checkpoint")
+            # a save killed before its renames left a temporary folder: unused
             for name in ("checkpoint", "last-good"):
                 remove_stale_temporaries(self.out / name)
+        self._barrier()
         if resume and (self.out / "checkpoint" / "config.json").is_file():
             self._resume()
 
@@ -441,13 +394,14 @@ class Trainer:
         state = checkpoint.trainer_state
         for name, module in self.stage.modules().items():
             module.load_state_dict(state["modules"][name])
-        if self.ema is not None:
+        if self.config.ema_decay is not None:
             if checkpoint.ema_state is None:
                 raise CheckpointError(
                     f"{self.out} was trained without EMA but this run has ema_decay="
                     f"{self.config.ema_decay}; use a new --out folder or the same settings."
                 )
-            self.ema.load_state_dict(checkpoint.ema_state)
+            if self.ema is not None:
+                self.ema.load_state_dict(checkpoint.ema_state)
         for name, optimizer in self.stage.optimizers().items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.scaler.load_state_dict(state["scaler"])
@@ -492,7 +446,9 @@ class Trainer:
         return factor
 
     def _diverged(self, step: int, optimizer: str, value: float) -> None:
-        path = self.save(self.out / "last-good")
+        path = self.out / "last-good"
+        if self.rank == 0:
+            self.save(path)
         raise TrainingDivergedError(
             f"The {optimizer} loss is {value} at step {step}; training stopped. The weights "
             f"before the bad update are saved in {path} (step {self.step}). Try a lower learning "
@@ -500,15 +456,12 @@ class Trainer:
         )
 
     def _loader(self, first_step: int) -> torch.utils.data.DataLoader:
-        sampler = _StepBatches(
-            first_step,
-            self.config.steps,
-            self.config.batch_size,
-            len(self.dataset),
-            self.config.seed,
-            self.rank,
-            self.world_size,
-        )
+        config, num_items = self.config, len(self.dataset)
+
+        def batch_of_step(step: int) -> list[int]:
+            return batch_indices(step, config.batch_size, num_items, config.seed)[0]
+
+        sampler = StepBatches(first_step, config.steps, batch_of_step, self.rank, self.world_size)
         # the loader draws its workers' base seed from its own generator, not the global RNG,
         # so a resumed run's global RNG stream (dropout, posterior samples) stays identical
         generator = torch.Generator().manual_seed(self.config.seed + first_step)
@@ -560,7 +513,6 @@ class Trainer:
             return {"step": self.step, "seconds": self.seconds, "note": "already complete"}
         fixed = self._fixed_batch()
         set_epoch = getattr(self.dataset, "set_epoch", None) if config.num_workers == 0 else None
-        last: dict[str, Any] = {}
         main_process = self.rank == 0  # with several processes only rank 0 writes
         # with a clock budget the bar counts training seconds of it (the step count is only an
         # upper bound then), else steps
@@ -575,6 +527,20 @@ class Trainer:
         )
         for module in self.stage.modules().values():
             module.train()
+        distributed = None
+        if self.world_size > 1 and self.gradient_sync == "ddp":
+            distributed = DistributedModules(self.stage.modules(), self.device)
+        try:
+            return self._loop(fixed, set_epoch, main_process, budget, bar, callback)
+        finally:
+            if distributed is not None:
+                distributed.remove()
+            bar.close()
+
+    def _loop(self, fixed, set_epoch, main_process, budget, bar, callback) -> dict[str, Any]:
+        """The steps of :meth:`fit` (which sets up and tears down around them)."""
+        config = self.config
+        last: dict[str, Any] = {}
         start = time.perf_counter() - self.seconds
         log_path = self.out / "log.jsonl" if main_process else os.devnull
         with open(log_path, "a", encoding="utf-8") as log:
@@ -610,7 +576,6 @@ class Trainer:
                     start += time.perf_counter() - paused  # the callback is not training time
                 if final:
                     break
-        bar.close()
         return last
 
     def _agreed(self, flag: bool) -> bool:
@@ -636,10 +601,11 @@ class Trainer:
             if not math.isfinite(float(loss.detach())):
                 self._diverged(step, name, float(loss.detach()))
             self.scaler.scale(loss).backward()
-            if self.world_size > 1:
+            if self.world_size > 1 and self.gradient_sync == "per_tensor":
                 # the gradient of the global batch's mean loss: the mean of the processes'
+                # (with "ddp", DistributedDataParallel has averaged them during backward())
                 grads = [p.grad for g in optimizer.param_groups for p in g["params"]]
-                _all_reduce_mean([grad for grad in grads if grad is not None], self.world_size)
+                all_reduce_mean([grad for grad in grads if grad is not None], self.world_size)
             if config.grad_clip is not None:
                 self.scaler.unscale_(optimizer)
                 params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -658,7 +624,7 @@ class Trainer:
             numbers = torch.tensor(
                 [values[k] for k in keys], dtype=torch.float64, device=self.device
             )
-            _all_reduce_mean([numbers], self.world_size)
+            all_reduce_mean([numbers], self.world_size)
             values = dict(zip(keys, numbers.tolist(), strict=True))
         return values
 

@@ -20,16 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ldm_mini.autoencoder import (
     LATENT_PARTS,
     AutoencoderConfig,
     build_autoencoder,
     latent_parts_sha256,
+    latent_shape,
 )
 from ldm_mini.checkpoints import load_checkpoint, weights_sha256s
 from ldm_mini.configs import Section
 from ldm_mini.data.config import DataConfig, build_dataset
+from ldm_mini.distributed import gather_global_batch, local_positions
 from ldm_mini.losses import AutoencoderLoss, AutoencoderLossConfig
 from ldm_mini.stages.base import parse_sections, train_stage
 from ldm_mini.train import TrainConfig, TrainingStage
@@ -175,7 +178,7 @@ class AutoencoderStage(TrainingStage):
         if optimizer == "generator":
             for name in self.frozen:  # frozen parts compute the latent as at inference
                 getattr(self.model, name).eval()
-            output = self.model(images)
+            output = self.model(images, noise=self._posterior_noise(images, scratch))
             scratch["reconstruction"] = output.reconstruction
             loss, logged = self.loss_fn.generator_loss(
                 images, output.reconstruction, output.regularization, step, self.model.last_layer
@@ -185,12 +188,31 @@ class AutoencoderStage(TrainingStage):
             return loss, logged
         return self.loss_fn.discriminator_loss(images, scratch["reconstruction"], step)
 
+    def _posterior_noise(self, images: torch.Tensor, scratch: dict[str, Any]) -> Tensor | None:
+        """None on one process (the model draws eps itself). On W processes: eps for the whole
+        global batch, drawn alike on every process (as one process would draw it), at this
+        process's positions; so W processes train like one."""
+        rank, world = scratch.get("rank", 0), scratch.get("world_size", 1)
+        if world == 1 or self.model_config.kind != "kl":
+            return None
+        shape = latent_shape(self.model_config, images.shape[-1])
+        noise = torch.randn((images.shape[0] * world, *shape), device=images.device)
+        return noise[local_positions(rank, world)]
+
     @torch.no_grad()
     def after_step(self, batch, step, scratch) -> None:
         every = self.optim.vq_reseed_every
         if self.model_config.kind == "vq" and every and step % every == 0 and not self.frozen:
-            latents = self.model.encode(batch["image"])
-            self.model.quantizer.reseed_dead_codes(latents)
+            world = scratch.get("world_size", 1)
+            quantizer = self.model.quantizer
+            # the codes unused on every process, re-seeded alike everywhere from the global
+            # batch's latents (the draws of the global RNG are the same on every process)
+            latents = gather_global_batch(self.model.encode(batch["image"]), world)
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(quantizer.usage_count, op=dist.ReduceOp.SUM)
+            quantizer.reseed_dead_codes(latents)
 
     @torch.no_grad()
     def sample_images(self, batch):

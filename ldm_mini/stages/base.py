@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ldm_mini.checkpoints import load_checkpoint
 from ldm_mini.configs import Section, check_keys, config_from_dict
 from ldm_mini.diffusion import DiffusionConfig, NoiseSchedule
+from ldm_mini.distributed import local_positions
 from ldm_mini.ldm import FirstStageConfig, LatentDiffusion, same_latents
 from ldm_mini.train import TrainConfig, Trainer, TrainingStage
 from ldm_mini.unet import UNet, UNetConfig
@@ -242,7 +243,7 @@ def estimated_scale_factor(
 @dataclass
 class GlobalDraws:
     """The random draws of one training step for the whole global batch, and this process's
-    slice ``part`` of it; ``generator`` continues the same stream (e.g. condition dropout)."""
+    positions ``part`` in it; ``generator`` continues the same stream (e.g. condition dropout)."""
 
     t: Tensor
     noise: Tensor
@@ -273,7 +274,8 @@ def global_draws(
         diffusion.log_sigma_std,
     )
     noise = torch.randn((local * world, *z0.shape[1:]), generator=generator)
-    return GlobalDraws(t, noise, slice(rank * local, (rank + 1) * local), generator)
+    # process r holds positions r, r + W, ... of the global batch (ldm_mini.distributed)
+    return GlobalDraws(t, noise, local_positions(rank, world), generator)
 
 
 class DiffusionStage(TrainingStage):
