@@ -167,7 +167,10 @@ class DistributedModules:
 
         self.modules = dict(modules)
         self.wrapped: dict[str, nn.Module] = {}
-        device_ids = [torch.device(device).index] if device.startswith("cuda") else None
+        device_ids = None
+        if device.startswith("cuda"):  # "cuda" alone: the GPU this process was given
+            index = torch.device(device).index
+            device_ids = [torch.cuda.current_device() if index is None else index]
         for name, module in self.modules.items():
             if not any(p.requires_grad for p in module.parameters()):
                 continue
