@@ -464,6 +464,25 @@ def _group_count(channels: int) -> int:
     return max(groups for groups in range(1, 33) if channels % groups == 0)
 
 
+def fourier_features(points: Tensor, dim: int) -> Tensor:
+    """(K, 2) points in [0, 1] -> (K, dim) sines and cosines of dim/4 frequencies per axis."""
+    if dim % 4:
+        raise ValueError(f"Fourier features need a dim divisible by 4, got {dim}")
+    frequencies = 2.0 ** torch.arange(dim // 4, dtype=torch.float32) * math.pi
+    # gamma(p) = [sin(2^k pi p), cos(2^k pi p)] for each axis
+    angles = rearrange(points[..., None] * frequencies, "k a f -> k (a f)")
+    return torch.cat([angles.sin(), angles.cos()], -1)
+
+
+def position_features(height: int, width: int, dim: int, device=None) -> Tensor:
+    """(height * width, dim) Fourier features of each position's centre ((j + 0.5) / width,
+    (i + 0.5) / height) in [0, 1], row by row: the same basis as a layout's box corners."""
+    rows = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+    columns = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+    y, x = torch.meshgrid(rows, columns, indexing="ij")
+    return fourier_features(torch.stack([x, y], -1).reshape(-1, 2), dim)
+
+
 class SpatialTransformer(nn.Module):
     """LDM's transformer on a feature map; (B, C, H, W) -> (B, C, H, W).
 
@@ -472,7 +491,13 @@ class SpatialTransformer(nn.Module):
     with ``context_dim``), unflatten, a zero-initialised 1x1 conv back to ``channels``, plus
     the input. Because of the zero conv a freshly built block is the identity.
     ``feed_forward=False`` builds the blocks without their MLP (attention only).
+    ``positions=True`` adds to each pixel's token a learned projection (zero at initialisation)
+    of the Fourier features of its place, so every attention layer knows where each query is
+    (our addition for layouts, notebook 11).
     """
+
+    POSITION_FEATURES = 32  # 8 frequencies per axis, as a layout's box corners'
+
 
     def __init__(
         self,
@@ -483,6 +508,7 @@ class SpatialTransformer(nn.Module):
         depth: int = 1,
         dropout: float = 0.0,
         feed_forward: bool = True,
+        positions: bool = False,
     ) -> None:
         super().__init__()
         _check_positive_int("channels", channels)
@@ -501,6 +527,11 @@ class SpatialTransformer(nn.Module):
         self.proj_out = nn.Conv2d(inner_dim, channels, kernel_size=1)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
+        self.position_projection = None
+        if positions:
+            self.position_projection = nn.Linear(self.POSITION_FEATURES, inner_dim)
+            nn.init.zeros_(self.position_projection.weight)
+            nn.init.zeros_(self.position_projection.bias)
 
     def forward(
         self,
@@ -517,6 +548,10 @@ class SpatialTransformer(nn.Module):
         hidden = self.proj_in(self.norm(x))
         # phi_i(z_t): (B, C, H, W) -> (B, N = H * W, C) tokens
         tokens = rearrange(hidden, "b c h w -> b (h w) c")
+        if self.position_projection is not None:
+            # token_i + W gamma(x_i, y_i): where pixel i is
+            where = position_features(height, width, self.POSITION_FEATURES, x.device)
+            tokens = tokens + self.position_projection(where.to(tokens.dtype))
         for block in self.transformer_blocks:
             tokens = block(tokens, context, key_padding_mask)
         hidden = rearrange(tokens, "b (h w) c -> b c h w", h=height, w=width)

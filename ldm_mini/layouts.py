@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ldm_mini.attention import fourier_features
 from ldm_mini.conditioning import TextEncoderLayer
 from ldm_mini.data.shapes import CLASS_NAMES, COLOURS, SHAPES
 
@@ -278,16 +279,6 @@ class LayoutTokenizer:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "layout", "grid": self.grid, "max_objects": self.max_objects}
-
-
-def fourier_features(points: Tensor, dim: int) -> Tensor:
-    """(K, 2) points in [0, 1] -> (K, dim) sines and cosines of dim/4 frequencies per axis."""
-    if dim % 4:
-        raise ValueError(f"Fourier features need a dim divisible by 4, got {dim}")
-    frequencies = 2.0 ** torch.arange(dim // 4, dtype=torch.float32) * math.pi
-    # gamma(p) = [sin(2^k pi p), cos(2^k pi p)] for each axis
-    angles = rearrange(points[..., None] * frequencies, "k a f -> k (a f)")
-    return torch.cat([angles.sin(), angles.cos()], -1)
 
 
 class LayoutEncoder(nn.Module):

@@ -15,7 +15,11 @@ DDPM / guided-diffusion, made conditional:
   channels, x and y in [-1, 1], also concatenated before the first conv. A convolution is
   translation-equivariant, so it learns only slowly to turn a coordinate into a place (Liu et
   al. 2018, "CoordConv"); with them every position knows where it is, and cross-attention
-  can match a box's corner tokens to the positions inside the box.
+  can match a box's corner tokens to the positions inside the box;
+* **attention positions** (``attention_positions``, the same purpose): every SpatialTransformer
+  adds to each pixel's token a learned projection of the Fourier features of its place, the
+  basis a layout encoder uses for its boxes, so the queries of every attention layer say where
+  they are (the input channels reach deeper layers only through convolutions).
 
 Layout (CompVis ``openaimodel.UNetModel``, shrunk): ``conv_in``; per level ``num_res_blocks``
 ResBlocks [+ transformer], then a stride-2 Downsample (not after the last level); middle
@@ -88,7 +92,8 @@ class UNetConfig:
     every transformer. ``num_classes``: labels 0..num_classes-1, plus ``num_classes`` itself as
     the null label of classifier-free guidance. ``concat_channels``: extra input channels
     concatenated to x_t. ``coordinate_channels``: two fixed channels (x, y in [-1, 1])
-    concatenated to x_t too. ``transformer_depth``: transformer blocks per SpatialTransformer.
+    concatenated to x_t too. ``attention_positions``: Fourier features of each position added
+    to the attention tokens. ``transformer_depth``: transformer blocks per SpatialTransformer.
     ``transformer_feed_forward``: False drops the GEGLU MLP from every transformer block
     (attention only, as the DDPM/ADM U-Net and the paper's unconditional LDMs).
     """
@@ -106,6 +111,7 @@ class UNetConfig:
     num_classes: int | None = None
     concat_channels: int = 0
     coordinate_channels: bool = False
+    attention_positions: bool = False
     transformer_depth: int = 1
     transformer_feed_forward: bool = True
 
@@ -130,10 +136,9 @@ class UNetConfig:
                 f"transformer_feed_forward must be true or false, "
                 f"got {self.transformer_feed_forward!r}."
             )
-        if not isinstance(self.coordinate_channels, bool):
-            raise ValueError(
-                f"coordinate_channels must be true or false, got {self.coordinate_channels!r}."
-            )
+        for name in ("coordinate_channels", "attention_positions"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         if not is_int(self.concat_channels) or self.concat_channels < 0:
             raise ValueError(
                 f"concat_channels must be an int >= 0 (0: no concatenation), "
@@ -209,14 +214,16 @@ class UNetConfig:
         return self.heads, channels // self.heads
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict (tuples become lists). ``coordinate_channels`` appears only
-        when true, so the configs of U-Nets without it stay as they were before the field
-        existed (a run folder from then resumes: its model configuration is compared)."""
+        """A JSON-serialisable dict (tuples become lists). ``coordinate_channels`` and
+        ``attention_positions`` appear only when true, so the configs of U-Nets without them stay
+        as they were before the fields existed (a run folder from then resumes: its model
+        configuration is compared)."""
         out = dataclasses.asdict(self)
         out["channel_mult"] = list(out["channel_mult"])
         out["attention_levels"] = list(out["attention_levels"])
-        if not out["coordinate_channels"]:
-            del out["coordinate_channels"]
+        for name in ("coordinate_channels", "attention_positions"):
+            if not out[name]:
+                del out[name]
         return out
 
     @classmethod
@@ -358,6 +365,7 @@ class UNet(nn.Module):
                 depth=config.transformer_depth,
                 dropout=dropout,
                 feed_forward=config.transformer_feed_forward,
+                positions=config.attention_positions,
             )
 
         coordinates = 2 if config.coordinate_channels else 0

@@ -468,3 +468,36 @@ def test_coordinate_channels_tell_each_position_where_it_is():
     assert UNetConfig.from_dict({**config, "coordinate_channels": True}).coordinate_channels
     with pytest.raises(ValueError, match="coordinate_channels must be true or false"):
         UNetConfig(**config, coordinate_channels="yes")
+
+
+def test_attention_positions_tell_every_attention_layer_where_each_query_is():
+    from ldm_mini.attention import SpatialTransformer, position_features
+
+    features = position_features(4, 8, 32)
+    assert features.shape == (32, 32)
+    # row by row: position 1 is one column right of position 0, position 8 one row down
+    assert torch.allclose(features[1, 0], torch.sin(torch.tensor(1.5 / 8 * torch.pi)))
+    assert torch.allclose(features[8, 8], torch.sin(torch.tensor(1.5 / 4 * torch.pi)))
+    torch.manual_seed(0)
+    block = SpatialTransformer(16, 2, 8, positions=True)
+    x = torch.randn(2, 16, 4, 4)
+    plain = SpatialTransformer(16, 2, 8)
+    plain.load_state_dict({k: v for k, v in block.state_dict().items()
+                           if not k.startswith("position_projection")})  # fmt: skip
+    torch.nn.init.normal_(block.proj_out.weight, std=0.1)
+    torch.nn.init.normal_(plain.proj_out.weight, std=0.1)
+    plain.proj_out.load_state_dict(block.proj_out.state_dict())
+    # zero at initialisation: the same block as without positions
+    assert torch.allclose(block(x), plain(x), atol=1e-6)
+    torch.nn.init.normal_(block.position_projection.weight, std=0.5)
+    assert not torch.allclose(block(x), plain(x), atol=1e-3)
+    config = dict(in_channels=2, out_channels=2, base_channels=16, channel_mult=(1, 2),
+                  attention_levels=(1,), num_res_blocks=1)  # fmt: skip
+    model = UNet(UNetConfig(**config, attention_positions=True))
+    assert all(m.position_projection is not None
+               for m in model.modules() if isinstance(m, SpatialTransformer))  # fmt: skip
+    assert "attention_positions" not in UNetConfig(**config).to_dict()
+    placed = UNetConfig(**config, attention_positions=True)
+    assert UNetConfig.from_dict(placed.to_dict()).attention_positions
+    with pytest.raises(ValueError, match="attention_positions must be true or false"):
+        UNetConfig(**config, attention_positions=1)
