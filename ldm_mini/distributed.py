@@ -28,9 +28,6 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-# DistributedDataParallel's default bucket size (MB); the benchmark may set others
-BUCKET_CAP_MB = 25
-
 
 def distributed_rank_and_size() -> tuple[int, int]:
     """(rank, world size) of this process: (0, 1) unless torch.distributed is initialised."""
@@ -148,9 +145,6 @@ def _no_buffer_sync() -> dict[str, bool]:
     return {"broadcast_buffers": False}
 
 
-_NO_BUFFER_SYNC = _no_buffer_sync()
-
-
 class DistributedModules:
     """Routes every call of the trained modules through DistributedDataParallel.
 
@@ -161,9 +155,10 @@ class DistributedModules:
     ``remove()`` restores the modules' own forward.
     """
 
-    def __init__(self, modules: dict[str, nn.Module], device: str,
-                 bucket_cap_mb: float = BUCKET_CAP_MB) -> None:  # fmt: skip
+    def __init__(self, modules: dict[str, nn.Module], device: str) -> None:
         from torch.nn.parallel import DistributedDataParallel
+
+        no_buffer_sync = _no_buffer_sync()
 
         self.modules = dict(modules)
         self.wrapped: dict[str, nn.Module] = {}
@@ -179,8 +174,7 @@ class DistributedModules:
             wrapped = DistributedDataParallel(
                 _OwnForward(module),
                 device_ids=device_ids,
-                bucket_cap_mb=bucket_cap_mb,
-                **_NO_BUFFER_SYNC,
+                **no_buffer_sync,
             )
             module.forward = functools.partial(_route, module, wrapped)
             self.wrapped[name] = wrapped
